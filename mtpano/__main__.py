@@ -1,0 +1,3 @@
+from mtpano.cli import app
+
+app()

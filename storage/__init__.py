@@ -1,0 +1,1 @@
+"""Label stores and the file formats mtpano reads and writes."""
