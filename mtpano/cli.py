@@ -92,5 +92,95 @@ def synth(
     )
 
 
+@app.command()
+def labels(
+    data: Annotated[str, typer.Argument(help="Folder of panoramas (searched recursively) or a text file of paths.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Label store to write: a path or fsspec URL.")],
+    depth_teacher: Annotated[
+        str, typer.Option(help="Depth teacher: quality | fast | sim[:...] | hf:ID_OR_DIR | py:module:factory | none.")
+    ] = "quality",
+    semantic_teacher: Annotated[str, typer.Option(help="Semantic teacher (same forms).")] = "quality",
+    normal_teacher: Annotated[str, typer.Option(help="Normals teacher (same forms, or geometric).")] = "quality",
+    layout: Annotated[
+        str, typer.Option(help="Patch layout: cube | icosahedron | fibonacci:N | random:N.")
+    ] = "icosahedron",
+    fov: Annotated[float | None, typer.Option(help="Patch FoV in degrees (default: the layout's).")] = None,
+    patch_size: Annotated[int, typer.Option(min=16, help="Patch side in pixels.")] = 518,
+    erp_height: Annotated[int, typer.Option(min=16, help="Label height H (labels are H x 2H).")] = 512,
+    workers: Annotated[int | None, typer.Option(min=1, help="Workers (default: one per GPU, else 1).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads per CPU worker.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Panoramas per worker call (teacher batches span them).")] = 2,
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
+    keep_patches: Annotated[bool, typer.Option(help="Also keep the teachers' raw patch outputs.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a store made with another configuration.")] = False,
+) -> None:
+    """Label panoramas with teachers on gnomonic patches, fused into an ERP label store.
+
+    Exit code 0 when every panorama is labelled, 3 when some failed (listed at the end),
+    2 for usage errors. Running the same command again resumes: done panoramas are skipped.
+    """
+    import time
+
+    from pipeline.config import LabelConfig, RunOptions
+    from pipeline.run import UsageError, run_labels
+
+    if fov is not None and not 0 < fov < 180:
+        raise typer.BadParameter("must lie in (0, 180) degrees", param_hint="--fov")
+    config = LabelConfig(
+        depth_teacher=depth_teacher,
+        semantic_teacher=semantic_teacher,
+        normal_teacher=normal_teacher,
+        layout=layout,
+        fov_deg=fov,
+        patch_size=patch_size,
+        erp_height=erp_height,
+        keep_patches=keep_patches,
+    )
+    options = RunOptions(
+        workers=workers, address=address, overwrite=overwrite, panoramas_per_call=batch, threads_per_worker=threads
+    )
+    try:
+        config.patch_layout()
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--layout") from None
+
+    progress = _progress()
+    state: dict = {}
+
+    def on_start(todo: int, done: int) -> None:
+        if done:
+            console.print(f"resuming: {done} panoramas already labelled, {todo} to go")
+        state["start"] = time.perf_counter()
+        state["task"] = progress.add_task("labelling", total=todo, rate="")
+        progress.start()
+
+    def on_result(result: dict) -> None:
+        if result["status"] != "ok":
+            progress.console.print(f"[red]failed[/red] {result['pano_id']}: {result['error']}")
+        done = progress.tasks[0].completed + 1
+        rate = done / max(time.perf_counter() - state["start"], 1e-9)
+        progress.update(state["task"], advance=1, rate=f"{rate:.2f} pano/s")
+
+    try:
+        summary = run_labels(data, out, config, options, on_start=on_start, on_result=on_result)
+    except UsageError as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    finally:
+        progress.stop()
+    rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
+    console.print(
+        f"{summary.total} panoramas in {out}: {summary.total - len(summary.failed)} ok, {len(summary.failed)} failed "
+        f"({summary.labelled} labelled now in {summary.seconds:.1f} s, {rate:.2f} pano/s; "
+        f"{summary.done_before} were done before)",
+        soft_wrap=True,
+    )
+    if summary.failed:
+        console.print("failed panoramas:")
+        for pano_id, error in summary.failed:
+            console.print(f"  {pano_id}: {error}", soft_wrap=True, markup=False)
+    raise typer.Exit(summary.exit_code)
+
+
 if __name__ == "__main__":
     app()

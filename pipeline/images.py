@@ -1,0 +1,151 @@
+"""Reading input panoramas: decode, validate and normalise, with one-line errors.
+
+Accepted: 8- and 16-bit PNG, JPEG and WebP files, colour, grayscale or with alpha (the
+last three are converted to RGB), 2:1 within a 1% tolerance (resized to exactly 2:1).
+Everything else raises `ImageError` with a one-line reason, so a run records the
+panorama as failed and goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import fsspec
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+ASPECT_TOLERANCE = 0.01
+# Smallest panorama worth labelling: below this no patch holds any detail.
+MIN_HEIGHT = 16
+
+
+class ImageError(ValueError):
+    """An input file is not a usable panorama (the message is one line)."""
+
+
+def _check_complete(data: bytes, suffix: str) -> None:
+    """Reject files that were cut short: decoders fill the missing part with grey silently."""
+    if suffix in (".jpg", ".jpeg"):
+        if not data.startswith(b"\xff\xd8"):
+            raise ImageError("not a JPEG file")
+        if b"\xff\xd9" not in data[-64:]:
+            raise ImageError("truncated JPEG (no end-of-image marker)")
+    elif suffix == ".png":
+        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ImageError("not a PNG file")
+        if b"IEND" not in data[-32:]:
+            raise ImageError("truncated PNG (no IEND chunk)")
+    elif suffix == ".webp":
+        if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+            raise ImageError("not a WebP file")
+        if int.from_bytes(data[4:8], "little") + 8 > len(data):
+            raise ImageError("truncated WebP (shorter than its RIFF header says)")
+
+
+def decode_panorama(data: bytes, suffix: str) -> np.ndarray:
+    """Decode an encoded panorama.
+
+    Args:
+        data: the file's bytes.
+        suffix: its lower-case extension (".png", ".jpg", ...), used to check completeness.
+    Returns:
+        (H,W,3) float32 RGB in [0,1], W = 2H exactly.
+    Raises:
+        ImageError: empty, unreadable, truncated, too small or not 2:1 within 1%.
+    """
+    if not data:
+        raise ImageError("empty file")
+    _check_complete(data, suffix)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError("cannot decode the image (corrupt or unsupported)")
+    if image.dtype == np.uint8:
+        scale = 255.0
+    elif image.dtype == np.uint16:
+        scale = 65535.0
+    else:
+        raise ImageError(f"unsupported sample type {image.dtype}")
+    if image.ndim == 2:
+        rgb = np.repeat(image[..., None], 3, axis=2)
+    elif image.shape[2] == 4:
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)  # alpha dropped: panoramas are opaque
+    elif image.shape[2] == 3:
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif image.shape[2] == 1:
+        rgb = np.repeat(image, 3, axis=2)
+    else:
+        raise ImageError(f"unsupported channel count {image.shape[2]}")
+    H, W = rgb.shape[:2]
+    if H < MIN_HEIGHT:
+        raise ImageError(f"too small: {W}x{H}")
+    if abs(W / (2.0 * H) - 1.0) > ASPECT_TOLERANCE:
+        raise ImageError(f"not a 2:1 equirectangular panorama: {W}x{H}")
+    out = rgb.astype(np.float32) / scale
+    if W != 2 * H:
+        out = cv2.resize(out, (2 * H, H), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def read_panorama(source: str) -> np.ndarray:
+    """Read and decode a panorama from a local path or fsspec URL (see `decode_panorama`).
+
+    Raises:
+        ImageError: the file is missing, unreadable or not a usable panorama.
+    """
+    try:
+        with fsspec.open(source, "rb") as f:
+            data = f.read()
+    except (OSError, ValueError) as err:
+        raise ImageError(f"cannot read: {err.__class__.__name__}: {err}".splitlines()[0]) from err
+    return decode_panorama(data, os.path.splitext(source)[1].lower())
+
+
+def resize_erp(image: np.ndarray, height: int) -> np.ndarray:
+    """(H,W,C) ERP image resized to height x 2*height (area averaging when shrinking)."""
+    if image.shape[0] == height:
+        return image
+    interpolation = cv2.INTER_AREA if image.shape[0] > height else cv2.INTER_LINEAR
+    return cv2.resize(image, (2 * height, height), interpolation=interpolation)
+
+
+def find_panoramas(data: str) -> list[tuple[str, str]]:
+    """(pano_id, source) of every panorama in `data`, sorted by id.
+
+    `data` is a folder (searched recursively for .jpg/.jpeg/.png/.webp; pano_id is the path
+    relative to it without extension, `/` separators) or a text file with one path a line
+    (blank lines and lines starting with # skipped; relative paths are relative to the
+    file; pano_id is the path relative to the paths' common folder, without extension).
+
+    Raises:
+        FileNotFoundError / ValueError with a one-line message (a usage error).
+    """
+    root = Path(data)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"{data}: no .jpg/.jpeg/.png/.webp files found")
+        entries = [(p.relative_to(root).with_suffix("").as_posix(), str(p)) for p in files]
+    elif root.is_file():
+        lines = [line.strip() for line in root.read_text().splitlines()]
+        paths = [line for line in lines if line and not line.startswith("#")]
+        if not paths:
+            raise ValueError(f"{data}: the list holds no paths")
+        resolved = [p if "://" in p else str((root.parent / p).resolve()) for p in paths]
+        local = [p for p in resolved if "://" not in p]
+        base = Path(os.path.commonpath(local)) if len(local) > 1 else Path(local[0]).parent if local else None
+        entries = []
+        for p in resolved:
+            stem = os.path.splitext(p)[0]
+            pano_id = Path(stem).relative_to(base).as_posix() if base and "://" not in p else stem.split("://", 1)[1]
+            entries.append((pano_id, p))
+        entries.sort()
+    else:
+        raise FileNotFoundError(f"{data}: no such folder or list file")
+    counts = Counter(pano_id for pano_id, _ in entries)
+    duplicates = sorted(i for i, n in counts.items() if n > 1)
+    if duplicates:
+        raise ValueError(f"two files give the same panorama id {duplicates[0]!r} (same name, other extension?)")
+    return entries

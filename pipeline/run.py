@@ -1,0 +1,245 @@
+"""The driver of `mtpano labels`: find the panoramas, prepare the store, stream the work to
+Ray workers, show progress, and summarise.
+
+The panoramas flow through Ray Data: a CPU stage decodes them (`labeler.decode_batch`) and an
+actor pool of `labeler.PanoramaLabeler` (one actor per GPU, or N CPU workers) labels and
+writes them. The driver only reads the workers' small result rows, so it stays light;
+it consolidates the store's manifest now and then and at the end.
+
+Resuming: a panorama whose row says `ok` is skipped; every other one (pending, failed, or
+cut off by a crash before its row was written) is redone from scratch, so a run that was
+killed and started again ends with the same store as one that was not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.config import LabelConfig, RunOptions
+from pipeline.images import find_panoramas
+from pipeline.labeler import PanoramaLabeler, decode_batch
+from pipeline.teachers.base import METRIC_ZDEPTH, TeacherError
+from pipeline.teachers.registry import ResolvedTeacher, check_teacher_set, resolve
+from storage.labelstore import STATUS_FAILED, STATUS_OK, LabelStore, PanoramaEntry, StoreError, StoreSpec
+
+# Logical CPUs kept free on a local machine for the decoding stage and the driver.
+_DECODE_CPUS = 0.25
+_RESERVED_CPUS = 0.5
+
+
+class UsageError(Exception):
+    """The command cannot start as asked (bad data path, teacher spec or store); exit code 2."""
+
+
+@dataclass
+class RunSummary:
+    """What a run did. `failed` lists (pano_id, error) of every failed panorama in the store."""
+
+    store: str
+    total: int
+    done_before: int
+    labelled: int = 0
+    ok: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.failed else 0
+
+
+def resolve_teachers(config: LabelConfig) -> dict[str, ResolvedTeacher]:
+    """Validate the teacher specs and fetch hub weights once, on the driver."""
+    resolved = {}
+    for task, spec in config.teacher_specs().items():
+        r = resolve(spec, task)
+        if r is not None:
+            resolved[task] = r
+    if not resolved:
+        raise TeacherError("every teacher is none: there is nothing to label")
+    check_teacher_set(resolved)
+    return resolved
+
+
+def store_spec(config: LabelConfig, teachers: dict[str, ResolvedTeacher]) -> StoreSpec:
+    """The store spec of a run of `config` with `teachers`."""
+    depth = teachers.get("depth")
+    semantic = teachers.get("semantic")
+    layout = config.patch_layout()
+    name = layout.name if not layout.name.startswith("random:") else f"{layout.name}@seed={config.layout_seed}"
+    return StoreSpec(
+        erp_height=config.erp_height,
+        tasks=tuple(t for t in ("depth", "semantic", "normals") if t in teachers),
+        depth_kind=None
+        if depth is None
+        else ("metric_range" if depth.depth_kind == METRIC_ZDEPTH else "relative_disparity"),
+        class_names=tuple(semantic.class_names) if semantic is not None else (),
+        teachers={task: dict(r.info) for task, r in teachers.items()},
+        layout=name,
+        fov_deg=tuple(float(f) for f in layout.fov_x_deg),
+        patch_size=config.patch_size,
+        keep_patches=config.keep_patches,
+        fusion=config.fusion.to_json(),
+    )
+
+
+def prepare_store(
+    url: str, spec: StoreSpec, found: list[tuple[str, str]], overwrite: bool, attrs: dict[str, Any]
+) -> LabelStore:
+    """Open the store at `url` for this run, or create it.
+
+    An existing store made with the same spec is continued: its panoramas keep their
+    indices and new ones are appended. One made with another spec is refused unless
+    `overwrite`, in which case it is replaced.
+    """
+    if LabelStore.exists(url):
+        store = LabelStore.open(url, mode="r+")
+        differences = store.spec.differences(spec)
+        if not differences:
+            known = {e.pano_id for e in store.entries()}
+            start = store.num_panoramas
+            new = [(p, s) for p, s in found if p not in known]
+            if new:
+                store.add_panoramas([PanoramaEntry(p, start + i, s) for i, (p, s) in enumerate(new)])
+            return store
+        if not overwrite:
+            raise UsageError(
+                f"{url} holds labels made with another configuration ({', '.join(differences)} differ); "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+    entries = [PanoramaEntry(p, i, s) for i, (p, s) in enumerate(found)]
+    try:
+        return LabelStore.create(url, spec, entries, attrs)
+    except StoreError as err:
+        raise UsageError(str(err)) from None
+
+
+def _worker_resources(options: RunOptions) -> tuple[int, dict[str, float], int | None]:
+    """(number of workers, Ray resources per worker, torch threads per worker)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    if gpus:
+        workers = options.workers or gpus
+        return workers, {"num_gpus": 1, "num_cpus": 1}, options.threads_per_worker
+    workers = options.workers or 1
+    per_worker = max(_DECODE_CPUS, (cpus - _RESERVED_CPUS) / workers)
+    threads = options.threads_per_worker or max(1, int(os.cpu_count() or 1) // workers)
+    return workers, {"num_cpus": per_worker}, threads
+
+
+def _start_ray(address: str | None) -> None:
+    """Join `address`, or start a local Ray whose workers import what the driver imports."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray's own chatter (start-up notes, Data's execution plans) would bury the progress bar;
+    # its errors still surface as exceptions, and workers' output is still forwarded.
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+    )
+
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+def run_labels(
+    data: str,
+    out: str,
+    config: LabelConfig,
+    options: RunOptions,
+    on_start: Callable[[int, int], None] | None = None,
+    on_result: ProgressCallback | None = None,
+) -> RunSummary:
+    """Label the panoramas of `data` into the store at `out`.
+
+    Args:
+        data: a folder of panoramas or a text file of paths (see `images.find_panoramas`).
+        out: the store's path or fsspec URL.
+        on_start: called with (panoramas to label, panoramas already done).
+        on_result: called with each finished panorama's result row (index, pano_id,
+            status, error, seconds).
+    Raises:
+        UsageError: bad data path, teacher spec or store (nothing was written).
+    """
+    try:
+        found = find_panoramas(data)
+        teachers = resolve_teachers(config)
+        spec = store_spec(config, teachers)
+    except (OSError, ValueError, TeacherError) as err:
+        raise UsageError(str(err)) from None
+    from mtpano import __version__
+
+    attrs = {"mtpano_version": __version__, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    store = prepare_store(out, spec, found, options.overwrite, attrs)
+    ids = {p for p, _ in found}
+    rows = [r for r in store.rows() if r["pano_id"] in ids]
+    todo = [r for r in rows if r["status"] != STATUS_OK]
+    summary = RunSummary(store=out, total=len(rows), done_before=len(rows) - len(todo))
+    if on_start is not None:
+        on_start(len(todo), summary.done_before)
+    started = time.perf_counter()
+    if todo:
+        try:
+            _label(store, todo, config, teachers, options, summary, on_result)
+        finally:
+            store.consolidate()
+    summary.seconds = time.perf_counter() - started
+    summary.failed = [
+        (r["pano_id"], r["error"]) for r in store.rows() if r["pano_id"] in ids and r["status"] == STATUS_FAILED
+    ]
+    return summary
+
+
+def _label(
+    store: LabelStore,
+    todo: list[dict[str, Any]],
+    config: LabelConfig,
+    teachers: dict[str, ResolvedTeacher],
+    options: RunOptions,
+    summary: RunSummary,
+    on_result: ProgressCallback | None,
+) -> None:
+    import ray
+    import ray.data
+
+    _start_ray(options.address)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    workers, resources, threads = _worker_resources(options)
+    items = [{"index": int(r["index"]), "pano_id": r["pano_id"], "source": r["source"]} for r in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(decode_batch, batch_size=1, num_cpus=_DECODE_CPUS)
+    ds = ds.map_batches(
+        PanoramaLabeler,
+        fn_constructor_kwargs={"store_url": store.url, "config": config, "teachers": teachers, "threads": threads},
+        batch_size=options.panoramas_per_call,
+        compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
+        **resources,
+    )
+    last = time.perf_counter()
+    for result in ds.iter_rows():
+        summary.labelled += 1
+        summary.ok += result["status"] == STATUS_OK
+        if on_result is not None:
+            on_result(result)
+        if time.perf_counter() - last > options.consolidate_every_s:
+            store.consolidate()
+            last = time.perf_counter()

@@ -1,0 +1,385 @@
+"""ERP label stores: one Zarr v3 group per store, one shard per panorama per array.
+
+Layout of a store at URL (a local path or any fsspec URL):
+
+    STORE/zarr.json               group; attributes hold the `StoreSpec` and the version
+    STORE/<array>/...             arrays indexed by panorama (see `array_specs`)
+    STORE/manifest.parquet        one row per panorama: id, index, source, status, error,
+                                  per-stage timings and quality figures
+    STORE/rows/<index>.json       rows finished since the manifest was last consolidated
+
+A panorama is written by exactly one worker: first every shard of it, then its row file.
+The row file is the commit: a panorama without one is not done, whatever shards exist,
+and is redone (its shards overwritten whole) by the next run. The driver consolidates row
+files into `manifest.parquet` (written to a temporary name, then moved) and deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from zarr.codecs import BloscCodec
+
+from spherical.ade20k import IGNORE_ID
+from spherical.erp import erp_width
+
+CONVENTIONS_VERSION = 1
+STORE_FORMAT_VERSION = 1
+MANIFEST = "manifest.parquet"
+ROWS = "rows"
+STATUS_PENDING, STATUS_OK, STATUS_FAILED = "pending", "ok", "failed"
+DEPTH_KINDS = ("metric_range", "relative_disparity")
+LABEL_TASKS = ("depth", "semantic", "normals")
+# Shards are split into chunks of this side so a reader of a crop does not decode a whole panorama.
+INNER_CHUNK = 256
+
+
+class StoreError(RuntimeError):
+    """A label store cannot be created, opened or written as asked."""
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a store holds and how it was made; a run may only continue a store whose spec
+    equals its own.
+
+    Fields:
+        erp_height: label height H (labels are H x 2H).
+        tasks: tasks that have label arrays, in ("depth", "semantic", "normals").
+        depth_kind: "metric_range" or "relative_disparity" when depth is a task, else None.
+        class_names: semantic class names in id order when semantic is a task, else ().
+        teachers: per task, the teacher's description (spec, model id, revision, ...).
+        layout: patch layout spec (e.g. "icosahedron").
+        fov_deg: horizontal FoV of each patch, degrees.
+        patch_size: patch side in pixels.
+        keep_patches: whether raw teacher patch outputs are stored.
+        fusion: fusion settings that change the labels.
+    """
+
+    erp_height: int
+    tasks: tuple[str, ...]
+    depth_kind: str | None
+    class_names: tuple[str, ...]
+    teachers: dict[str, dict[str, Any]]
+    layout: str
+    fov_deg: tuple[float, ...]
+    patch_size: int
+    keep_patches: bool = False
+    fusion: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tasks) - set(LABEL_TASKS)
+        if unknown:
+            raise StoreError(f"unknown tasks {sorted(unknown)}; tasks are {LABEL_TASKS}")
+        if ("depth" in self.tasks) != (self.depth_kind is not None):
+            raise StoreError("depth_kind must be given exactly when depth is a task")
+        if self.depth_kind is not None and self.depth_kind not in DEPTH_KINDS:
+            raise StoreError(f"depth_kind must be one of {DEPTH_KINDS}, got {self.depth_kind!r}")
+        if "semantic" in self.tasks and not 0 < len(self.class_names) <= IGNORE_ID:
+            raise StoreError(f"semantic labels need 1 to {IGNORE_ID} class names, got {len(self.class_names)}")
+
+    @property
+    def erp_width(self) -> int:
+        return erp_width(self.erp_height)
+
+    @property
+    def num_patches(self) -> int:
+        return len(self.fov_deg)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (lists for tuples) that `from_json` reads back."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StoreSpec:
+        return cls(
+            erp_height=int(data["erp_height"]),
+            tasks=tuple(data["tasks"]),
+            depth_kind=data["depth_kind"],
+            class_names=tuple(data["class_names"]),
+            teachers={k: dict(v) for k, v in data["teachers"].items()},
+            layout=str(data["layout"]),
+            fov_deg=tuple(float(f) for f in data["fov_deg"]),
+            patch_size=int(data["patch_size"]),
+            keep_patches=bool(data["keep_patches"]),
+            fusion=dict(data.get("fusion", {})),
+        )
+
+    def differences(self, other: StoreSpec) -> list[str]:
+        """Names of the fields in which two specs differ."""
+        mine, theirs = self.to_json(), other.to_json()
+        return [k for k in mine if mine[k] != theirs.get(k)]
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a store: shape per panorama (without the leading N), dtype, fill."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    fill_value: float | int
+
+
+def array_specs(spec: StoreSpec) -> list[ArraySpec]:
+    """The arrays a store of `spec` holds, per panorama.
+
+    - rgb (3,H,W) uint8: the panorama at label resolution.
+    - depth (H,W) float16, NaN = no label (range in metres, or aligned inverse range).
+    - semantic (H,W) uint8 class ids, 255 = no label.
+    - normals (3,H,W) float16 unit world-frame normals, NaN = no label.
+    - <task>_confidence (H,W) float16 in [0,1], 0 where there is no label.
+    - with keep_patches, per patch P: patches/rgb (P,3,h,w) uint8, patches/rotation (P,3,3)
+      float32 world-from-camera, patches/fov_x_deg (P,) float32, and the teachers' raw
+      outputs at patch size: patches/depth (P,h,w) float32 (z-depth or disparity, NaN =
+      invalid), patches/normals (P,3,h,w) float16 camera frame, patches/semantic (P,h,w)
+      uint8 argmax and patches/semantic_confidence (P,h,w) float16 its probability.
+    """
+    H, W = spec.erp_height, spec.erp_width
+    out = [ArraySpec("rgb", (3, H, W), "uint8", 0)]
+    if "depth" in spec.tasks:
+        out.append(ArraySpec("depth", (H, W), "float16", math.nan))
+    if "semantic" in spec.tasks:
+        out.append(ArraySpec("semantic", (H, W), "uint8", IGNORE_ID))
+    if "normals" in spec.tasks:
+        out.append(ArraySpec("normals", (3, H, W), "float16", math.nan))
+    out += [ArraySpec(f"{t}_confidence", (H, W), "float16", 0.0) for t in LABEL_TASKS if t in spec.tasks]
+    if spec.keep_patches:
+        P, s = spec.num_patches, spec.patch_size
+        out += [
+            ArraySpec("patches/rgb", (P, 3, s, s), "uint8", 0),
+            ArraySpec("patches/rotation", (P, 3, 3), "float32", math.nan),
+            ArraySpec("patches/fov_x_deg", (P,), "float32", math.nan),
+        ]
+        if "depth" in spec.tasks:
+            out.append(ArraySpec("patches/depth", (P, s, s), "float32", math.nan))
+        if "normals" in spec.tasks:
+            out.append(ArraySpec("patches/normals", (P, 3, s, s), "float16", math.nan))
+        if "semantic" in spec.tasks:
+            out.append(ArraySpec("patches/semantic", (P, s, s), "uint8", IGNORE_ID))
+            out.append(ArraySpec("patches/semantic_confidence", (P, s, s), "float16", 0.0))
+    return out
+
+
+@dataclass(frozen=True)
+class PanoramaEntry:
+    """A panorama of the store: its id (path relative to DATA without extension, `/`
+    separators), its row index and its source file."""
+
+    pano_id: str
+    index: int
+    source: str
+
+
+def _inner_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunk shape inside a one-panorama shard: the last two axes cut into INNER_CHUNK tiles."""
+    if len(shape) < 2:
+        return (1, *shape)
+    return (1, *shape[:-2], min(shape[-2], INNER_CHUNK), min(shape[-1], INNER_CHUNK))
+
+
+class LabelStore:
+    """A label store (see the module doc). Create with `create`, open with `open`."""
+
+    def __init__(self, url: str, group: zarr.Group) -> None:
+        self.url = url
+        self.group = group
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.spec = StoreSpec.from_json(group.attrs["spec"])
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def exists(cls, url: str) -> bool:
+        fs, root = fsspec.core.url_to_fs(url)
+        return fs.exists(f"{root}/zarr.json")
+
+    @classmethod
+    def open(cls, url: str, mode: str = "r") -> LabelStore:
+        """Open an existing store read-only ("r") or for writing ("r+")."""
+        if not cls.exists(url):
+            raise StoreError(f"{url}: not a label store (no zarr.json)")
+        group = zarr.open_group(url, mode=mode, zarr_format=3)
+        version = group.attrs.get("store_format_version")
+        if version != STORE_FORMAT_VERSION:
+            raise StoreError(f"{url}: store format {version}, this mtpano reads {STORE_FORMAT_VERSION}")
+        return cls(url, group)
+
+    @classmethod
+    def create(cls, url: str, spec: StoreSpec, panoramas: list[PanoramaEntry], attrs: Mapping[str, Any]) -> LabelStore:
+        """Create a new store (replacing whatever is at `url`) with pending rows for `panoramas`.
+
+        `attrs` are extra group attributes (mtpano version, creation time, ...).
+        """
+        fs, root = fsspec.core.url_to_fs(url)
+        if fs.exists(root):
+            if not cls.exists(url) and fs.ls(root):
+                raise StoreError(f"{url} exists and is not a label store: refusing to replace it")
+            fs.rm(root, recursive=True)
+        group = zarr.open_group(url, mode="w", zarr_format=3)
+        group.attrs.update(
+            {
+                **attrs,
+                "store_format_version": STORE_FORMAT_VERSION,
+                "conventions_version": CONVENTIONS_VERSION,
+                "spec": spec.to_json(),
+                # The most-read facts, also at top level for any Zarr reader.
+                "erp_height": spec.erp_height,
+                "erp_width": spec.erp_width,
+                "depth_kind": spec.depth_kind,
+                "class_names": list(spec.class_names),
+                "layout": spec.layout,
+                "patch_size": spec.patch_size,
+            }
+        )
+        store = cls(url, group)
+        store._create_arrays(len(panoramas))
+        store._write_manifest([_pending_row(p) for p in panoramas])
+        return store
+
+    def _create_arrays(self, n: int) -> None:
+        compressor = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+        for a in array_specs(self.spec):
+            self.group.create_array(
+                a.name,
+                shape=(n, *a.shape),
+                dtype=a.dtype,
+                shards=(1, *a.shape),
+                chunks=_inner_chunks(a.shape),
+                compressors=compressor,
+                fill_value=a.fill_value,
+            )
+
+    @property
+    def num_panoramas(self) -> int:
+        return int(self.group["rgb"].shape[0])
+
+    def add_panoramas(self, panoramas: list[PanoramaEntry]) -> None:
+        """Append pending rows (indices must continue the store's) and grow every array."""
+        n = self.num_panoramas
+        if [p.index for p in panoramas] != list(range(n, n + len(panoramas))):
+            raise StoreError(f"new panoramas must take indices {n}.. in order")
+        for a in array_specs(self.spec):
+            self.group[a.name].resize((n + len(panoramas), *a.shape))
+        self._write_manifest(self._manifest_rows() + [_pending_row(p) for p in panoramas])
+
+    # ------------------------------------------------------------------ writing
+    def write_panorama(self, index: int, arrays: Mapping[str, np.ndarray], row: Mapping[str, Any]) -> None:
+        """Write every array of panorama `index` (whole shards), then its `ok` row (the commit)."""
+        self.write_arrays(index, arrays)
+        self.commit(index, row)
+
+    def write_arrays(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write every array of panorama `index`, one whole shard each; `commit` must follow.
+
+        `arrays` must hold exactly the store's arrays (see `array_specs`).
+        """
+        specs = {a.name: a for a in array_specs(self.spec)}
+        if set(arrays) != set(specs):
+            raise StoreError(f"panorama arrays {sorted(arrays)} do not match the store's {sorted(specs)}")
+        for name, value in arrays.items():
+            a = specs[name]
+            if value.shape != a.shape:
+                raise StoreError(f"{name}: expected shape {a.shape}, got {value.shape}")
+            self.group[name][index] = value.astype(a.dtype, copy=False)
+
+    def commit(self, index: int, row: Mapping[str, Any]) -> None:
+        """Mark panorama `index` done (`ok`) with its row; its arrays must be written."""
+        self.write_row(index, {**row, "index": index, "status": STATUS_OK, "error": ""})
+
+    def write_failure(self, index: int, row: Mapping[str, Any], error: str) -> None:
+        """Record that panorama `index` failed with a one-line `error`; its arrays keep their fill."""
+        self.write_row(index, {**row, "index": index, "status": STATUS_FAILED, "error": error})
+
+    def write_row(self, index: int, row: Mapping[str, Any]) -> None:
+        """Write the row file of panorama `index` (to a temporary name first, then moved)."""
+        path = f"{self.root}/{ROWS}/{index:08d}.json"
+        self.fs.makedirs(f"{self.root}/{ROWS}", exist_ok=True)
+        with self.fs.open(path + ".tmp", "w") as f:
+            json.dump(_jsonable(row), f)
+        self.fs.mv(path + ".tmp", path)
+
+    # ------------------------------------------------------------------ manifest
+    def _row_files(self) -> dict[int, dict[str, Any]]:
+        """Rows written since the last consolidation; unreadable files (a killed write) are skipped."""
+        rows: dict[int, dict[str, Any]] = {}
+        for path in self.fs.glob(f"{self.root}/{ROWS}/*.json"):
+            try:
+                with self.fs.open(path) as f:
+                    row = json.load(f)
+            except (OSError, ValueError):
+                continue
+            rows[int(row["index"])] = row
+        return rows
+
+    def _manifest_rows(self) -> list[dict[str, Any]]:
+        with self.fs.open(f"{self.root}/{MANIFEST}", "rb") as f:
+            return pq.read_table(f).to_pylist()
+
+    def _write_manifest(self, rows: list[dict[str, Any]]) -> None:
+        rows = sorted(rows, key=lambda r: r["index"])
+        table = pa.Table.from_pylist([_manifest_row(r) for r in rows])
+        path = f"{self.root}/{MANIFEST}"
+        with self.fs.open(path + ".tmp", "wb") as f:
+            pq.write_table(table, f)
+        self.fs.mv(path + ".tmp", path)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every panorama's current row: the manifest updated by unconsolidated row files."""
+        rows = {r["index"]: r for r in self._manifest_rows()}
+        for index, row in self._row_files().items():
+            rows[index] = {**rows.get(index, {}), **row}
+        return [rows[i] for i in sorted(rows)]
+
+    def consolidate(self) -> None:
+        """Merge row files into manifest.parquet, then delete them."""
+        files = self._row_files()
+        if not files:
+            return
+        self._write_manifest(self.rows())
+        for index in files:
+            self.fs.rm(f"{self.root}/{ROWS}/{index:08d}.json")
+
+    def manifest(self) -> pa.Table:
+        """The manifest as a pyarrow table (row files included)."""
+        return pa.Table.from_pylist([_manifest_row(r) for r in self.rows()])
+
+    def entries(self) -> list[PanoramaEntry]:
+        return [PanoramaEntry(r["pano_id"], int(r["index"]), r["source"]) for r in self.rows()]
+
+    # ------------------------------------------------------------------ reading
+    def read(self, index: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Arrays of panorama `index` (all of the store's, or `names`)."""
+        names = [a.name for a in array_specs(self.spec)] if names is None else list(names)
+        return {name: self.group[name][index] for name in names}
+
+
+def _pending_row(p: PanoramaEntry) -> dict[str, Any]:
+    return {"pano_id": p.pano_id, "index": p.index, "source": p.source, "status": STATUS_PENDING, "error": ""}
+
+
+def _manifest_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Base columns first, then the rest in name order (a stable column order)."""
+    base = ("pano_id", "index", "source", "status", "error")
+    return {**{k: row.get(k) for k in base}, **{k: row[k] for k in sorted(row) if k not in base}}
+
+
+def _jsonable(value: Any) -> Any:
+    """Row values as JSON: numpy scalars and arrays to Python, non-finite floats to None."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
