@@ -113,6 +113,7 @@ def labels(
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
     keep_patches: Annotated[bool, typer.Option(help="Also keep the teachers' raw patch outputs.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a store made with another configuration.")] = False,
+    in_process: Annotated[bool, typer.Option(help="Run in this process without Ray (to debug a teacher).")] = False,
 ) -> None:
     """Label panoramas with teachers on gnomonic patches, fused into an ERP label store.
 
@@ -137,7 +138,12 @@ def labels(
         keep_patches=keep_patches,
     )
     options = RunOptions(
-        workers=workers, address=address, overwrite=overwrite, panoramas_per_call=batch, threads_per_worker=threads
+        workers=workers,
+        address=address,
+        overwrite=overwrite,
+        panoramas_per_call=batch,
+        threads_per_worker=threads,
+        in_process=in_process,
     )
     try:
         config.patch_layout()

@@ -57,3 +57,5 @@ class RunOptions:
     threads_per_worker: int | None = None
     # Seconds between manifest consolidations while the run goes on.
     consolidate_every_s: float = 30.0
+    # Label in this process, one call at a time, without Ray (debugging a teacher plugin).
+    in_process: bool = False

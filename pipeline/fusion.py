@@ -201,7 +201,8 @@ class PanoramaFusion:
         return self.geometry.mapping.sample_patch(values.float(), patch)
 
     def _clean(self, values: Tensor, task: str) -> Tensor:
-        """Count non-finite teacher outputs and turn them into NaN (masked downstream)."""
+        """One patch's map with non-finite teacher outputs counted and turned into NaN
+        (masked downstream). Per patch, so the check never allocates a batch-sized mask."""
         bad = ~torch.isfinite(values)
         n = int(bad.sum())
         if n:
@@ -218,10 +219,9 @@ class PanoramaFusion:
             confidence: (b,h',w') teacher confidence in [0,1], or None.
         """
         assert self.depth_kind is not None, "this fusion has no depth task"
-        depth = self._clean(depth, "depth")
         for k, n in enumerate(patches):
             sl = self.geometry.mapping.entries_of(n)
-            self.depth_value[sl] = self._sample(depth[k][None], n)[0]
+            self.depth_value[sl] = self._sample(self._clean(depth[k], "depth")[None], n)[0]
             if confidence is not None:
                 self.depth_teacher_conf[sl] = self._sample(confidence[k][None], n)[0].clamp(0, 1)
             self.seen[n, 0] = True
@@ -229,11 +229,10 @@ class PanoramaFusion:
     def add_normals(self, patches: list[int], normals: Tensor, confidence: Tensor | None = None) -> None:
         """Teacher normals of some patches: (b,3,h',w') unit vectors in each camera frame."""
         assert self.has_normals, "this fusion has no normals task"
-        normals = self._clean(normals, "normals")
         rotation = self.geometry.cameras.rotation
         for k, n in enumerate(patches):
             sl = self.geometry.mapping.entries_of(n)
-            cam = self._sample(normals[k], n)  # (3,M_n)
+            cam = self._sample(self._clean(normals[k], "normals"), n)  # (3,M_n)
             world = rotation[n].to(cam.dtype) @ cam  # (3,3) @ (3,M_n) -> (3,M_n)
             self.normal_value[:, sl] = world / torch.linalg.vector_norm(world, dim=0, keepdim=True)
             if confidence is not None:
@@ -243,11 +242,10 @@ class PanoramaFusion:
     def add_semantic(self, patches: list[int], probs: Tensor, confidence: Tensor | None = None) -> None:
         """Teacher class probabilities of some patches: (b,C,h',w'), summing to 1 over C."""
         assert self.has_semantic, "this fusion has no semantic task"
-        probs = self._clean(probs, "semantic")
         g = self.geometry
         for k, n in enumerate(patches):
             sl = g.mapping.entries_of(n)
-            p = self._sample(probs[k], n)  # (C,M_n)
+            p = self._sample(self._clean(probs[k], "semantic"), n)  # (C,M_n)
             ok = torch.isfinite(p).all(0)
             w = torch.where(ok, g.weights[sl], 0.0)
             if confidence is not None:

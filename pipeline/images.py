@@ -31,8 +31,11 @@ def _check_complete(data: bytes, suffix: str) -> None:
     if suffix in (".jpg", ".jpeg"):
         if not data.startswith(b"\xff\xd8"):
             raise ImageError("not a JPEG file")
-        if b"\xff\xd9" not in data[-64:]:
-            raise ImageError("truncated JPEG (no end-of-image marker)")
+        # The end-of-image marker must follow the last start-of-scan: 0xFF 0xD9 cannot occur
+        # inside entropy-coded data, and trailers after it (motion photos) are allowed.
+        last_scan = data.rfind(b"\xff\xda")
+        if last_scan < 0 or data.rfind(b"\xff\xd9") < last_scan:
+            raise ImageError("truncated JPEG (no end-of-image marker after the last scan)")
     elif suffix == ".png":
         if not data.startswith(b"\x89PNG\r\n\x1a\n"):
             raise ImageError("not a PNG file")
@@ -81,7 +84,8 @@ def decode_panorama(data: bytes, suffix: str) -> np.ndarray:
     H, W = rgb.shape[:2]
     if H < MIN_HEIGHT:
         raise ImageError(f"too small: {W}x{H}")
-    if abs(W / (2.0 * H) - 1.0) > ASPECT_TOLERANCE:
+    # The small slack keeps an error of exactly 1% within the tolerance despite float rounding.
+    if abs(W - 2 * H) > ASPECT_TOLERANCE * 2 * H * (1 + 1e-9):
         raise ImageError(f"not a 2:1 equirectangular panorama: {W}x{H}")
     out = rgb.astype(np.float32) / scale
     if W != 2 * H:
@@ -117,7 +121,9 @@ def find_panoramas(data: str) -> list[tuple[str, str]]:
     `data` is a folder (searched recursively for .jpg/.jpeg/.png/.webp; pano_id is the path
     relative to it without extension, `/` separators) or a text file with one path a line
     (blank lines and lines starting with # skipped; relative paths are relative to the
-    file; pano_id is the path relative to the paths' common folder, without extension).
+    file; pano_id is the path relative to the list file's folder without extension, or, for
+    paths outside it and URLs, the whole path without extension: ids do not change when
+    paths are added to the list, so a resumed run recognises what it has done).
 
     Raises:
         FileNotFoundError / ValueError with a one-line message (a usage error).
@@ -133,17 +139,20 @@ def find_panoramas(data: str) -> list[tuple[str, str]]:
         paths = [line for line in lines if line and not line.startswith("#")]
         if not paths:
             raise ValueError(f"{data}: the list holds no paths")
-        resolved = [p if "://" in p else str((root.parent / p).resolve()) for p in paths]
-        local = [p for p in resolved if "://" not in p]
-        base = Path(os.path.commonpath(local)) if len(local) > 1 else Path(local[0]).parent if local else None
+        base = root.parent.resolve()
         entries = []
-        for p in resolved:
-            stem = os.path.splitext(p)[0]
-            pano_id = Path(stem).relative_to(base).as_posix() if base and "://" not in p else stem.split("://", 1)[1]
-            entries.append((pano_id, p))
-        entries.sort()
+        for p in paths:
+            if "://" in p:
+                entries.append((os.path.splitext(p)[0].split("://", 1)[1], p))
+                continue
+            path = (root.parent / p).resolve()
+            stem = path.with_suffix("")
+            pano_id = stem.relative_to(base).as_posix() if stem.is_relative_to(base) else stem.as_posix().lstrip("/")
+            entries.append((pano_id, str(path)))
     else:
         raise FileNotFoundError(f"{data}: no such folder or list file")
+    # By id, not by path: path order puts "a/b" before "a-b", which differs from the ids' order.
+    entries.sort()
     counts = Counter(pano_id for pano_id, _ in entries)
     duplicates = sorted(i for i, n in counts.items() if n > 1)
     if duplicates:

@@ -16,6 +16,8 @@ with a one-line reason; one panorama's failure never stops the others.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -113,6 +115,7 @@ class PanoramaLabeler:
         self.depth_kind = depth.depth_kind if depth is not None else None
         semantic = teachers.get("semantic")
         self.class_names = semantic.class_names if semantic is not None else None
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # recorded in each row, to trace a panorama
 
     # ------------------------------------------------------------------ helpers
     def _cameras(self, owners: list[tuple[int, int]], panos: list[_Panorama]) -> TeacherCameras:
@@ -130,8 +133,8 @@ class PanoramaLabeler:
             h, w = value.shape[-2:]
             ok = abs(h / w - 1.0) < 1e-6 and h > 0
         if not ok:
-            shape = f"({batch},{channels},h,w)" if channels else f"({batch},h,w)"
-            raise TeacherError(f"{task} teacher returned shape {tuple(value.shape)}, expected {shape} (square maps)")
+            shape = f"({batch}, {channels}, h, w)" if channels else f"({batch}, h, w)"
+            raise TeacherError(f"{task} teacher returned shape {tuple(value.shape)}, expected {shape} with h = w")
 
     def _keep(self, pano: _Panorama, task: str, patch: int, value: Tensor) -> None:
         """Record a teacher's raw output of one patch at patch size (--keep-patches)."""
@@ -195,9 +198,10 @@ class PanoramaLabeler:
                 continue
             began = time.perf_counter()
             patch_ids = [owners[i][1] for i in rows]
-            sel = torch.as_tensor(rows, device=value.device)
-            v = value[sel]
-            c = conf[sel] if conf is not None else None
+            # Owners are grouped by panorama, so a panorama's rows are a slice: a view, not a copy.
+            assert rows == list(range(rows[0], rows[-1] + 1)), "a panorama's patches must be contiguous in a batch"
+            v = value[rows[0] : rows[-1] + 1]
+            c = conf[rows[0] : rows[-1] + 1] if conf is not None else None
             if task == "depth":
                 pano.fusion.add_depth(patch_ids, v, c)
                 if self.resolved.get("normals") is not None and self.resolved["normals"].from_depth:
@@ -305,7 +309,7 @@ class PanoramaLabeler:
 
     def _finish(self, pano: _Panorama) -> None:
         """Fuse and write one panorama, or record its failure."""
-        row: dict[str, Any] = {"pano_id": pano.pano_id, "source": pano.source}
+        row: dict[str, Any] = {"pano_id": pano.pano_id, "source": pano.source, "worker": self.worker}
         if not pano.error:
             try:
                 if "normals" in self.teachers and self.resolved["normals"].from_depth:

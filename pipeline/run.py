@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from pipeline.config import LabelConfig, RunOptions
 from pipeline.images import find_panoramas
 from pipeline.labeler import PanoramaLabeler, decode_batch
@@ -100,7 +102,10 @@ def prepare_store(
     `overwrite`, in which case it is replaced.
     """
     if LabelStore.exists(url):
-        store = LabelStore.open(url, mode="r+")
+        try:
+            store = LabelStore.open(url, mode="r+")
+        except StoreError as err:
+            raise UsageError(str(err)) from None
         differences = store.spec.differences(spec)
         if not differences:
             known = {e.pano_id for e in store.entries()}
@@ -196,8 +201,9 @@ def run_labels(
         on_start(len(todo), summary.done_before)
     started = time.perf_counter()
     if todo:
+        label = _label_in_process if options.in_process else _label_with_ray
         try:
-            _label(store, todo, config, teachers, options, summary, on_result)
+            label(store, todo, config, teachers, options, summary, on_result)
         finally:
             store.consolidate()
     summary.seconds = time.perf_counter() - started
@@ -207,7 +213,37 @@ def run_labels(
     return summary
 
 
-def _label(
+def _count(summary: RunSummary, result: dict[str, Any], on_result: ProgressCallback | None) -> None:
+    summary.labelled += 1
+    summary.ok += result["status"] == STATUS_OK
+    if on_result is not None:
+        on_result(result)
+
+
+def _label_in_process(
+    store: LabelStore,
+    todo: list[dict[str, Any]],
+    config: LabelConfig,
+    teachers: dict[str, ResolvedTeacher],
+    options: RunOptions,
+    summary: RunSummary,
+    on_result: ProgressCallback | None,
+) -> None:
+    labeler = PanoramaLabeler(store.url, config, teachers, threads=options.threads_per_worker)
+    step = options.panoramas_per_call
+    for start in range(0, len(todo), step):
+        chunk = todo[start : start + step]
+        batch = {
+            "index": np.array([r["index"] for r in chunk], np.int64),
+            "pano_id": np.array([r["pano_id"] for r in chunk], dtype=object),
+            "source": np.array([r["source"] for r in chunk], dtype=object),
+        }
+        results = labeler(decode_batch(batch))
+        for k in range(len(chunk)):
+            _count(summary, {key: values[k] for key, values in results.items()}, on_result)
+
+
+def _label_with_ray(
     store: LabelStore,
     todo: list[dict[str, Any]],
     config: LabelConfig,
@@ -236,10 +272,7 @@ def _label(
     )
     last = time.perf_counter()
     for result in ds.iter_rows():
-        summary.labelled += 1
-        summary.ok += result["status"] == STATUS_OK
-        if on_result is not None:
-            on_result(result)
+        _count(summary, result, on_result)
         if time.perf_counter() - last > options.consolidate_every_s:
             store.consolidate()
             last = time.perf_counter()

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec
 
 from spherical.ade20k import IGNORE_ID
@@ -35,6 +36,7 @@ from spherical.erp import erp_width
 CONVENTIONS_VERSION = 1
 STORE_FORMAT_VERSION = 1
 MANIFEST = "manifest.parquet"
+MANIFEST_BASE_COLUMNS = ("pano_id", "index", "source", "status", "error")
 ROWS = "rows"
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = "pending", "ok", "failed"
 DEPTH_KINDS = ("metric_range", "relative_disparity")
@@ -180,11 +182,19 @@ class PanoramaEntry:
     source: str
 
 
+def _tile(size: int) -> int:
+    """Inner chunk side along an axis of `size`: Zarr needs it to divide the shard, so the largest
+    divisor of `size` in [INNER_CHUNK/2, INNER_CHUNK] (e.g. 150 for 300), else the whole axis."""
+    if size <= INNER_CHUNK:
+        return size
+    return next((c for c in range(INNER_CHUNK, INNER_CHUNK // 2 - 1, -1) if size % c == 0), size)
+
+
 def _inner_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Chunk shape inside a one-panorama shard: the last two axes cut into INNER_CHUNK tiles."""
+    """Chunk shape inside a one-panorama shard: the last two axes cut into tiles of about INNER_CHUNK."""
     if len(shape) < 2:
         return (1, *shape)
-    return (1, *shape[:-2], min(shape[-2], INNER_CHUNK), min(shape[-1], INNER_CHUNK))
+    return (1, *shape[:-2], _tile(shape[-2]), _tile(shape[-1]))
 
 
 class LabelStore:
@@ -207,7 +217,7 @@ class LabelStore:
         """Open an existing store read-only ("r") or for writing ("r+")."""
         if not cls.exists(url):
             raise StoreError(f"{url}: not a label store (no zarr.json)")
-        group = zarr.open_group(url, mode=mode, zarr_format=3)
+        group = zarr.open_group(_zarr_location(url), mode=mode, zarr_format=3)
         version = group.attrs.get("store_format_version")
         if version != STORE_FORMAT_VERSION:
             raise StoreError(f"{url}: store format {version}, this mtpano reads {STORE_FORMAT_VERSION}")
@@ -221,10 +231,10 @@ class LabelStore:
         """
         fs, root = fsspec.core.url_to_fs(url)
         if fs.exists(root):
-            if not cls.exists(url) and fs.ls(root):
+            if fs.ls(root) and not _is_label_store(fs, root):
                 raise StoreError(f"{url} exists and is not a label store: refusing to replace it")
             fs.rm(root, recursive=True)
-        group = zarr.open_group(url, mode="w", zarr_format=3)
+        group = zarr.open_group(_zarr_location(url), mode="w", zarr_format=3)
         group.attrs.update(
             {
                 **attrs,
@@ -283,13 +293,14 @@ class LabelStore:
         `arrays` must hold exactly the store's arrays (see `array_specs`).
         """
         specs = {a.name: a for a in array_specs(self.spec)}
-        if set(arrays) != set(specs):
-            raise StoreError(f"panorama arrays {sorted(arrays)} do not match the store's {sorted(specs)}")
+        missing, unexpected = sorted(set(specs) - set(arrays)), sorted(set(arrays) - set(specs))
+        if missing or unexpected:
+            raise StoreError(f"panorama {index}: arrays missing {missing}, arrays not in the store {unexpected}")
+        for name, value in arrays.items():  # every shape is checked before anything is written
+            if value.shape != specs[name].shape:
+                raise StoreError(f"{name}: expected shape {specs[name].shape}, got {value.shape}")
         for name, value in arrays.items():
-            a = specs[name]
-            if value.shape != a.shape:
-                raise StoreError(f"{name}: expected shape {a.shape}, got {value.shape}")
-            self.group[name][index] = value.astype(a.dtype, copy=False)
+            self.group[name][index] = value.astype(specs[name].dtype, copy=False)
 
     def commit(self, index: int, row: Mapping[str, Any]) -> None:
         """Mark panorama `index` done (`ok`) with its row; its arrays must be written."""
@@ -325,8 +336,7 @@ class LabelStore:
             return pq.read_table(f).to_pylist()
 
     def _write_manifest(self, rows: list[dict[str, Any]]) -> None:
-        rows = sorted(rows, key=lambda r: r["index"])
-        table = pa.Table.from_pylist([_manifest_row(r) for r in rows])
+        table = _manifest_table(sorted(rows, key=lambda r: r["index"]))
         path = f"{self.root}/{MANIFEST}"
         with self.fs.open(path + ".tmp", "wb") as f:
             pq.write_table(table, f)
@@ -350,7 +360,7 @@ class LabelStore:
 
     def manifest(self) -> pa.Table:
         """The manifest as a pyarrow table (row files included)."""
-        return pa.Table.from_pylist([_manifest_row(r) for r in self.rows()])
+        return _manifest_table(self.rows())
 
     def entries(self) -> list[PanoramaEntry]:
         return [PanoramaEntry(r["pano_id"], int(r["index"]), r["source"]) for r in self.rows()]
@@ -362,14 +372,32 @@ class LabelStore:
         return {name: self.group[name][index] for name in names}
 
 
+def _zarr_location(url: str) -> str:
+    """What to hand zarr for `url`: a plain path for local files (`file://` URLs included), as
+    zarr's fsspec store on the local filesystem does not create folders and fails on a new store."""
+    fs, root = fsspec.core.url_to_fs(url)
+    return root if isinstance(fs, LocalFileSystem) else url
+
+
+def _is_label_store(fs: fsspec.AbstractFileSystem, root: str) -> bool:
+    """Whether `root` holds a label store: a Zarr group with our format version, not any Zarr data."""
+    try:
+        with fs.open(f"{root}/zarr.json") as f:
+            return "store_format_version" in json.load(f).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _pending_row(p: PanoramaEntry) -> dict[str, Any]:
     return {"pano_id": p.pano_id, "index": p.index, "source": p.source, "status": STATUS_PENDING, "error": ""}
 
 
-def _manifest_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Base columns first, then the rest in name order (a stable column order)."""
-    base = ("pano_id", "index", "source", "status", "error")
-    return {**{k: row.get(k) for k in base}, **{k: row[k] for k in sorted(row) if k not in base}}
+def _manifest_table(rows: list[Mapping[str, Any]]) -> pa.Table:
+    """Rows as a table with every column any row has (None where a row lacks it): base columns
+    first, then the rest in name order. `pa.Table.from_pylist` would keep only the first row's
+    columns, dropping the timings and statistics whenever the first panorama is pending or failed."""
+    extra = sorted({k for r in rows for k in r} - set(MANIFEST_BASE_COLUMNS))
+    return pa.table({k: [r.get(k) for r in rows] for k in (*MANIFEST_BASE_COLUMNS, *extra)})
 
 
 def _jsonable(value: Any) -> Any:

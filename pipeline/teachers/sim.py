@@ -292,8 +292,8 @@ class SimTeacher:
         self.task = task
         self.config = config or SimConfig()
         self.spec = spec
-        # Full-resolution 150-class maps are large: fewer semantic patches per call.
-        self.batch_size = 4 if task == "semantic" else 16
+        # Full-resolution 150-class maps are large (160 MB per 518 px patch): few per call.
+        self.batch_size = 2 if task == "semantic" else 16
         if task == "depth":
             self.depth_kind: DepthKind = RELATIVE_DISPARITY if self.config.relative else METRIC_ZDEPTH
         if task == "semantic":
