@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test demo lint format bench-geometry clean
+.PHONY: venv test demo labels lint format bench-geometry bench-labels bench-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,19 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The main job on built-in data: render synthetic rooms, label them with simulated teachers
+# (per-patch depth scale errors of up to 20%, which the fusion aligns away), inspect the store.
 demo: $(STAMP)
 	$(VENV)/bin/mtpano synth demo/data --count 4 --height 512
-	@echo "demo panoramas in demo/data/images, ground truth in demo/data/gt, previews in demo/data/previews"
+	$(VENV)/bin/mtpano labels demo/data/images --out demo/labels --overwrite --patch-size 256 --erp-height 256 \
+		--depth-teacher sim:scale_error=0.2 --semantic-teacher sim:confusion=0.2 --normal-teacher sim:normal_noise=2
+	@echo "panoramas and ground truth in demo/data, labels in demo/labels"
+
+# make labels DATA=folder-or-list [OUT=store] [ARGS="--layout cube --workers 2 ..."]
+OUT ?= labels
+labels: $(STAMP)
+	@test -n "$(DATA)" || { echo "usage: make labels DATA=folder-or-list [OUT=store] [ARGS='...']"; exit 2; }
+	$(VENV)/bin/mtpano labels "$(DATA)" --out "$(OUT)" $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -32,7 +42,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench-geometry: $(STAMP)
-	$(PY) benchmarks/bench_geometry.py
+	$(PY) -m benchmarks.bench_geometry
+
+bench-labels: $(STAMP)
+	$(PY) -m benchmarks.bench_labels
+
+bench-model: $(STAMP)
+	$(PY) -m benchmarks.bench_model
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

@@ -31,6 +31,7 @@ from torch import Tensor
 from pipeline.config import LabelConfig
 from pipeline.fusion import FusedLabels, FusionGeometry, PanoramaFusion
 from pipeline.images import ImageError, read_panorama, resize_erp
+from pipeline.quality import fused_figures
 from pipeline.teachers.base import Prediction, TeacherCameras, TeacherError
 from pipeline.teachers.registry import ResolvedTeacher, load_teacher
 from spherical.ade20k import IGNORE_ID
@@ -318,6 +319,7 @@ class PanoramaLabeler:
                 labels = pano.fusion.finish()
                 pano.seconds["fuse"] += time.perf_counter() - began
                 row.update(labels.stats)
+                row.update(fused_figures(labels, self.geometry))
                 began = time.perf_counter()
                 self.store.write_arrays(pano.index, self._arrays(pano, labels))
                 pano.seconds["write"] = time.perf_counter() - began

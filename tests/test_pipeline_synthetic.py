@@ -140,9 +140,11 @@ def test_worse_teachers_give_lower_confidence(rooms, tmp_path):
             assert b[f"{task}_confidence_mean"] < a[f"{task}_confidence_mean"] - 0.02, task
 
 
-def test_geometric_normals_follow_the_depth(rooms, tmp_path):
+@pytest.mark.parametrize("depth_teacher", ["sim:scale_error=0.2", "sim:relative=1"])
+def test_geometric_normals_follow_the_depth(rooms, tmp_path, depth_teacher):
+    """Normals from the depth teacher's patches, metric or relative (then after alignment)."""
     data, truth = rooms
-    config = replace(CONFIG, semantic_teacher="none", normal_teacher="geometric")
+    config = replace(CONFIG, depth_teacher=depth_teacher, semantic_teacher="none", normal_teacher="geometric")
     store = label(data, tmp_path / "geometric", config)
     for row in store.rows():
         normals = store.read(row["index"], ["normals"])["normals"].astype(np.float64)
@@ -199,4 +201,5 @@ def test_a_teacher_bug_fails_panoramas_with_its_reason(rooms, tmp_path):
     summary = run_labels(str(data), str(tmp_path / "bug"), config, RunOptions(in_process=True))
     assert summary.exit_code == 3 and summary.ok == 0
     for _, error in summary.failed:
-        assert error == "TeacherError: semantic teacher returned shape (8, 128, 128), expected (8, 150, h, w) with h = w"
+        expected = "semantic teacher returned shape (8, 128, 128), expected (8, 150, h, w) with h = w"
+        assert error == f"TeacherError: {expected}"

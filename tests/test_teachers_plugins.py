@@ -196,8 +196,7 @@ def test_resolve_and_load_builtin_teachers() -> None:
     assert normals.from_depth and normals.kind == "geometric"
     assert isinstance(load_teacher(normals, "cpu"), GeometricNormalsTeacher)
     check_teacher_set({"depth": resolve("sim", "depth"), "normals": normals})
-    with pytest.raises(TeacherError, match="depth teacher sim:relative=1 is relative"):
-        check_teacher_set({"depth": depth, "normals": normals})
+    check_teacher_set({"depth": depth, "normals": normals})  # relative: aligned before differentiation
     with pytest.raises(TeacherError, match="it needs a depth teacher"):
         check_teacher_set({"depth": None, "normals": normals})
 

@@ -318,16 +318,11 @@ def load_teacher(resolved: ResolvedTeacher, device: torch.device | str) -> Any:
 
 
 def check_teacher_set(resolved: Mapping[str, ResolvedTeacher | None]) -> None:
-    """Refuse combinations that cannot work: a from-depth normals teacher needs a metric
-    depth teacher (normals are invariant to a depth scale, not to a disparity shift)."""
+    """Refuse combinations that cannot work: a from-depth normals teacher needs a depth
+    teacher. (A relative one will do: the fusion hands it the patches' depth after the joint
+    alignment, which fixes each patch's disparity shift; normals do not depend on the scale.)"""
     normals = resolved.get("normals")
     if normals is None or not normals.from_depth:
         return
-    depth = resolved.get("depth")
-    if depth is None:
+    if resolved.get("depth") is None:
         raise TeacherError(f"normals teacher {normals.spec} derives normals from depth: it needs a depth teacher")
-    if depth.depth_kind != METRIC_ZDEPTH:
-        raise TeacherError(
-            f"normals teacher {normals.spec} derives normals from depth, but depth teacher {depth.spec} is relative "
-            "(affine-invariant disparity); use a metric depth teacher or another normals teacher"
-        )

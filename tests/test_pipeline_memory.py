@@ -1,0 +1,44 @@
+"""A worker's peak memory stays under 4 GB at full size: 2048x1024 panoramas, all three
+teachers at the default layout (20 patches of 518 px), 150-class semantic probabilities,
+two panoramas per call (the default), labels at the default 512 rows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from storage.labelstore import LabelStore
+
+LIMIT_GB = 4.0
+
+SCRIPT = """
+import resource, sys
+from pathlib import Path
+
+from pipeline.config import LabelConfig, RunOptions
+from pipeline.run import run_labels
+from synthetic.dataset import write_dataset
+
+root = Path(sys.argv[1])
+write_dataset(root, [7, 8], height=1024)
+config = LabelConfig(depth_teacher="sim", semantic_teacher="sim", normal_teacher="sim")
+summary = run_labels(str(root / "images"), str(root / "store"), config, RunOptions(in_process=True))
+assert summary.exit_code == 0, summary.failed
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # kilobytes on Linux
+"""
+
+
+def test_peak_memory_of_a_worker_at_full_size(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT), str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    peak_gb = int(run.stdout.split()[-1]) / 1e6
+    assert peak_gb < LIMIT_GB, f"peak resident memory {peak_gb:.2f} GB"
+    store = LabelStore.open(str(tmp_path / "store"))
+    assert store.spec.erp_height == 512 and store.spec.patch_size == 518 and store.spec.num_patches == 20
+    assert len(store.spec.class_names) == 150
+    assert [r["status"] for r in store.rows()] == ["ok", "ok"]
