@@ -43,6 +43,9 @@ class FusionConfig:
     align_metric_depth: bool = True
     # Robust re-weighting rounds of the alignment.
     align_iterations: int = 3
+    # Overlap pairs the alignment solves with (an even stride through all of them): a few
+    # unknowns per patch need thousands of equations, not the millions a panorama has.
+    align_max_pairs: int = 100_000
     # Relative depth spread between patches at which depth confidence falls to 1/e.
     depth_spread_scale: float = 0.05
     # Angular spread (degrees) between patches at which normal confidence falls to 1/e.
@@ -95,6 +98,7 @@ class FusionGeometry:
         ray_norm: (M,) float32 ||c|| of each entry's c_z = 1 camera ray.
         patch: (M,) int64 patch of each entry.
         pairs: (K,2) int64 entries that see the same ERP pixel from two patches.
+        align_pairs: (K',2) an even subsample of `pairs`, at most `align_max_pairs`.
         count: (H*W,) int64 patches that see each ERP pixel.
         polar: (H*W,) bool pixels with |latitude| > 60 degrees.
     """
@@ -105,6 +109,7 @@ class FusionGeometry:
     ray_norm: Tensor
     patch: Tensor
     pairs: Tensor
+    align_pairs: Tensor
     count: Tensor
     polar: Tensor
 
@@ -125,7 +130,8 @@ class FusionGeometry:
         pairs = _same_pixel_pairs(erp_index, int(count.max()))
         _, lat = erp_lonlat(erp_height, device=cameras.device)
         polar = (lat.abs() > math.radians(60.0))[:, None].expand(-1, 2 * erp_height).flatten()
-        return cls(cameras, mapping, weights, ray_norm, patch, pairs, count, polar)
+        align_pairs = pairs[:: max(1, math.ceil(len(pairs) / config.align_max_pairs))]
+        return cls(cameras, mapping, weights, ray_norm, patch, pairs, align_pairs, count, polar)
 
     @property
     def num_patches(self) -> int:
@@ -280,7 +286,7 @@ class PanoramaFusion:
             iterations = cfg.align_iterations if cfg.align_metric_depth else -1
             if cfg.align_metric_depth:
                 self.alignment = align_log_scales(
-                    log_range, valid, g.patch, g.pairs, g.weights, g.num_patches, iterations
+                    log_range, valid, g.patch, g.align_pairs, g.weights, g.num_patches, iterations
                 )
             else:
                 ones = torch.ones(g.num_patches, dtype=torch.float64, device=g.device)
@@ -289,7 +295,7 @@ class PanoramaFusion:
             assert self.depth_kind == RELATIVE_DISPARITY, self.depth_kind
             valid = torch.isfinite(v)
             self.alignment = align_affine_disparity(
-                torch.where(valid, v, 0.0), g.ray_norm, valid, g.patch, g.pairs, g.weights, g.num_patches,
+                torch.where(valid, v, 0.0), g.ray_norm, valid, g.patch, g.align_pairs, g.weights, g.num_patches,
                 cfg.align_iterations,
             )  # fmt: skip
         return self.alignment
