@@ -41,6 +41,11 @@ DELTA1 = 1.25  # threshold of the depth δ figure
 NORMAL_GOOD_DEG = 11.25  # threshold of the "share of normals within" figure
 
 
+# The figure `--worst` and the report rank by when no `--sort` is given: a panorama's lowest
+# mean confidence, which sums up its patches' disagreement and the teachers' own doubts.
+DEFAULT_SORT = "min_confidence"
+
+
 # ---------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Figure:
@@ -48,13 +53,13 @@ class Figure:
 
     Fields:
         name: its column in the manifest and in every output (`--json`, `--csv`, the report).
-        task: "depth", "semantic" or "normals".
+        task: "depth", "semantic" or "normals" ("all" for a figure of the whole panorama).
         header: short table header.
         worse: "high" when larger values are worse, "low" when smaller ones are.
         fmt: "share" (shown as a percentage), "ratio", "deg", "m" or "count".
         source: "fusion" (measured while fusing: needs the patches, so `--recompute` keeps the
-            manifest's value), "arrays" (the stored arrays determine it) or "gt" (needs ground
-            truth; computed on request).
+            manifest's value), "arrays" (the stored arrays determine it), "gt" (needs ground
+            truth; computed on request) or "derived" (from the other figures of the row).
         description: one line, as in docs/quality.md.
     """
 
@@ -134,21 +139,17 @@ def _figures() -> dict[str, Figure]:
         ("semantic_gt_accuracy", "semantic", "acc", "low", "share", "gt", "pixel accuracy against ground truth"),
         ("semantic_gt_miou", "semantic", "mIoU", "low", "share", "gt",
          "mean IoU over the classes present in the ground truth or the labels"),
+        (DEFAULT_SORT, "all", "min conf", "low", "ratio", "derived", "the lowest of the tasks' mean confidences"),
     ]  # fmt: skip
     return {r[0]: Figure(*r) for r in rows}
 
 
 FIGURES: dict[str, Figure] = _figures()
-# The figure `--worst` ranks by when no `--sort` is given: low confidence sums up disagreement and coverage.
-DEFAULT_SORT = "min_confidence"
-FIGURES[DEFAULT_SORT] = Figure(
-    DEFAULT_SORT, "all", "min conf", "low", "ratio", "arrays", "the lowest of the tasks' mean confidences"
-)
 
 
-def task_figures(task: str, source: str | None = None) -> list[Figure]:
-    """The figures of `task` (optionally only those of `source`), in registry order."""
-    return [f for f in FIGURES.values() if f.task == task and (source is None or f.source == source)]
+def task_figures(task: str) -> list[Figure]:
+    """The figures of `task`, in registry order."""
+    return [f for f in FIGURES.values() if f.task == task]
 
 
 def with_derived(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,32 +199,30 @@ class SeamGeometry:
         codes = torch.randint(1, 2**52, (mapping.num_patches,), generator=torch.Generator().manual_seed(0))
         sets = torch.zeros(H * W, dtype=torch.int64, device=index.device)
         sets.index_add_(0, index, codes.to(index.device)[patch])
-        sets = sets.view(H, W)  # (H*W,) -> (H,W)
-        seen = sets != 0
-        right = sets.roll(-1, dims=1)
-        seen_h = seen & seen.roll(-1, dims=1)
-        seen_v = seen[:-1] & seen[1:]
         best = mapping.best_entry(-mapping.centre_distance()).to(index.device)  # (H,W) entry, -1 = unseen
         owner = torch.where(best >= 0, patch[best.clamp_min(0)], -1)
+        return cls.from_patch_sets(sets.view(H, W), owner)  # (H*W,) -> (H,W)
+
+    @classmethod
+    def from_patch_sets(cls, patch_set: Tensor, owner: Tensor) -> SeamGeometry:
+        """Seams of (H,W) patch-set codes (0 = unseen) and central patches (see the fields)."""
+        seen = patch_set != 0
+        right = patch_set.roll(-1, dims=1)
+        seen_h = seen & seen.roll(-1, dims=1)
+        seen_v = seen[:-1] & seen[1:]
         return cls(
-            patch_set=sets,
+            patch_set=patch_set,
             owner=owner,
-            border_h=seen_h & (sets != right),
-            inner_h=seen_h & (sets == right),
-            border_v=seen_v & (sets[:-1] != sets[1:]),
-            inner_v=seen_v & (sets[:-1] == sets[1:]),
+            border_h=seen_h & (patch_set != right),
+            inner_h=seen_h & (patch_set == right),
+            border_v=seen_v & (patch_set[:-1] != patch_set[1:]),
+            inner_v=seen_v & (patch_set[:-1] == patch_set[1:]),
         )
 
     @classmethod
     def for_store(cls, spec: StoreSpec, device: torch.device | str | None = None) -> SeamGeometry:
         """The seams of a store's layout at its label resolution."""
         return cls.from_mapping(store_mapping(spec, device))
-
-    def border_pixels(self) -> Tensor:
-        """(H,W) bool pixels on a patch border: the left / upper pixel of every border pair."""
-        border = self.border_h.clone()
-        border[:-1] |= self.border_v
-        return border
 
 
 def store_layout(spec: StoreSpec) -> Layout:

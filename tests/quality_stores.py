@@ -1,0 +1,45 @@
+"""Small real label stores for the quality, inspect, report and verify tests: synthetic rooms
+labelled in process by simulated teachers at a small size (64 px patches, 128 x 64 labels)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.config import LabelConfig, RunOptions
+from pipeline.fusion import FusionConfig
+from pipeline.run import run_labels
+from storage.labelstore import LabelStore
+from synthetic.dataset import write_dataset
+
+PATCH_SIZE = 64
+LABEL_HEIGHT = 64
+SMALL = LabelConfig(
+    depth_teacher="sim", semantic_teacher="sim", normal_teacher="sim", patch_size=PATCH_SIZE, erp_height=LABEL_HEIGHT
+)
+# Blending without soft borders and without depth alignment: per-patch teacher errors then
+# show as steps at the patches' footprint edges, which the seam figures measure.
+HARD_BORDERS = replace(FusionConfig(), border_ramp=0.05, align_metric_depth=False)
+
+
+def make_rooms(root: Path, seeds: list[int]) -> Path:
+    """Synthetic rooms rendered at the label height into root (images/, gt/, scenes/); returns images/."""
+    write_dataset(root, seeds, height=LABEL_HEIGHT)
+    return root / "images"
+
+
+def label(images: Path, out: Path, config: LabelConfig = SMALL, **changes) -> LabelStore:
+    """Label `images` into a new store at `out` in this process (no Ray)."""
+    summary = run_labels(str(images), str(out), replace(config, **changes), RunOptions(in_process=True))
+    assert summary.labelled == summary.total, summary
+    return LabelStore.open(str(out))
+
+
+def mtpano(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed `mtpano` command."""
+    exe = Path(sys.executable).with_name("mtpano")
+    command = [str(exe)] if exe.exists() else [shutil.which("mtpano") or "mtpano"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=300)
