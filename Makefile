@@ -25,7 +25,11 @@ demo: $(STAMP)
 	$(VENV)/bin/mtpano synth demo/data --count 4 --height 512
 	$(VENV)/bin/mtpano labels demo/data/images --out demo/labels --overwrite --patch-size 256 --erp-height 256 \
 		--depth-teacher sim:scale_error=0.2 --semantic-teacher sim:confusion=0.2 --normal-teacher sim:normal_noise=2
-	@echo "panoramas and ground truth in demo/data, labels in demo/labels"
+	$(VENV)/bin/mtpano verify demo/labels
+	$(VENV)/bin/mtpano inspect demo/labels
+	$(VENV)/bin/mtpano inspect demo/labels room_00000 --gt demo/data/gt --preview demo/room_00000.png
+	$(VENV)/bin/mtpano report demo/labels --out demo/report --gt demo/data/gt
+	@echo "panoramas and ground truth in demo/data, labels in demo/labels, preview demo/room_00000.png, report demo/report/index.html"
 
 # make labels DATA=folder-or-list [OUT=store] [ARGS="--layout cube --workers 2 ..."]
 OUT ?= labels
