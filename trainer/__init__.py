@@ -1,0 +1,1 @@
+"""Training and evaluation of BridgeNet on label stores."""
