@@ -27,6 +27,22 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time in seconds of each `fn()`, the functions run in turn in every round.
+
+    On a shared, noisy machine a burst of load then hits every contender alike, so ratios of
+    the medians compare like with like.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(median_time(fn, repeats=1, warmup=0))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def machine() -> str:
     """One line describing where the benchmark ran."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

@@ -135,22 +135,47 @@ class PatchCameras:
         K[:, 2, 2] = 1.0
         return K
 
+    def _pixel_offsets(self) -> tuple[Tensor, Tensor]:
+        """Camera-ray components of the pixel centres: a (N,w) = (j + 0.5 - w/2)/f over columns
+        and b (N,h) = (i + 0.5 - h/2)/f over rows, so that c(i, j) = (a_j, b_i, 1)."""
+        f = self.focal[:, None]  # (N,1)
+        j = torch.arange(self.width, dtype=self.dtype, device=self.device) + (0.5 - self.width / 2)
+        i = torch.arange(self.height, dtype=self.dtype, device=self.device) + (0.5 - self.height / 2)
+        return j / f, i / f
+
     def camera_rays(self) -> Tensor:
         """(N,h,w,3) camera-frame rays of the pixel centres, with c_z = 1 (not unit length)."""
-        f = self.focal[:, None, None]  # (N,1,1)
-        j = torch.arange(self.width, dtype=self.dtype, device=self.device) + 0.5 - self.width / 2
-        i = torch.arange(self.height, dtype=self.dtype, device=self.device) + 0.5 - self.height / 2
-        cx = (j[None, None, :] / f).expand(-1, self.height, -1)  # (N,h,w)
-        cy = (i[None, :, None] / f).expand(-1, -1, self.width)  # (N,h,w)
+        a, b = self._pixel_offsets()
+        cx = a[:, None, :].expand(-1, self.height, -1)  # (N,h,w)
+        cy = b[:, :, None].expand(-1, -1, self.width)  # (N,h,w)
         return torch.stack((cx, cy, torch.ones_like(cx)), -1)
 
     def ray_norms(self) -> Tensor:
         """(N,h,w) lengths ||c|| of the c_z = 1 camera rays: range = z-depth * ||c||."""
         return torch.linalg.vector_norm(self.camera_rays(), dim=-1)
 
+    def world_directions(self, out: Tensor | None = None) -> Tensor:
+        """(3,N,h,w) world-frame components d_x, d_y, d_z of d = R c for the c_z = 1 camera
+        rays of the pixel centres, component-major (`dx, dy, dz = cameras.world_directions()`).
+        Not unit length (||d|| = ||c||): for angles (longitude, latitude, projection) the
+        length does not matter.
+
+        The rays are separable, c = (a_j, b_i, 1), so d = R[:,0] a_j + R[:,1] b_i + R[:,2] is
+        an outer sum of a per-column and a per-row term: one add per pixel and component,
+        no per-pixel matrix product (and no matmul, which a TF32 setting would degrade).
+
+        Args:
+            out: optional (3,N,h,w) tensor of the cameras' dtype to write into.
+        """
+        a, b = self._pixel_offsets()  # (N,w), (N,h)
+        R = self.rotation.permute(1, 2, 0).contiguous()  # (3,3,N): R[k, m, n]
+        per_col = R[:, 0, :, None] * a  # (3,N,w)
+        per_row = R[:, 1, :, None] * b + R[:, 2, :, None]  # (3,N,h)
+        return torch.add(per_col[:, :, None, :], per_row[:, :, :, None], out=out)  # (3,N,h,w)
+
     def world_rays(self) -> Tensor:
         """(N,h,w,3) unit world-frame rays of the pixel centres."""
-        rays = torch.einsum("nab,nhwb->nhwa", self.rotation, self.camera_rays())  # (N,h,w,3)
+        rays = torch.stack(tuple(self.world_directions()), -1)  # (3,N,h,w) -> (N,h,w,3)
         return rays / torch.linalg.vector_norm(rays, dim=-1, keepdim=True)
 
     def optical_axes(self) -> Tensor:

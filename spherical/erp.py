@@ -45,6 +45,18 @@ def lonlat_to_ray(lon: Tensor, lat: Tensor) -> Tensor:
     return torch.stack((cos_lat * torch.sin(lon), -torch.sin(lat), cos_lat * torch.cos(lon)), -1)
 
 
+def lonlat_grid_to_ray(lon: Tensor, lat: Tensor) -> Tensor:
+    """Unit world rays (h, w, 3) of the grid of latitudes `lat` (h,) by longitudes `lon` (w,).
+
+    The same rays as `lonlat_to_ray(lon[None, :], lat[:, None])`, with the trigonometry done
+    on the two vectors only.
+    """
+    cos_lat, sin_lat = torch.cos(lat)[:, None], torch.sin(lat)[:, None]  # (h,1)
+    x = cos_lat * torch.sin(lon)  # (h,w)
+    z = cos_lat * torch.cos(lon)  # (h,w)
+    return torch.stack((x, (-sin_lat).expand_as(x), z), -1)  # (h,w,3)
+
+
 def ray_to_lonlat(rays: Tensor) -> tuple[Tensor, Tensor]:
     """Longitude in [-pi, pi] and latitude in [-pi/2, pi/2] of world rays (..., 3).
 
@@ -59,7 +71,7 @@ def ray_to_lonlat(rays: Tensor) -> tuple[Tensor, Tensor]:
 def erp_rays(height: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
     """Unit world rays of every ERP pixel centre, (H, W, 3)."""
     lon, lat = erp_lonlat(height, dtype=dtype, device=device)
-    return lonlat_to_ray(lon[None, :], lat[:, None])  # (H,W,3)
+    return lonlat_grid_to_ray(lon, lat)  # (H,W,3)
 
 
 def lonlat_to_pixel(lon: Tensor, lat: Tensor, height: int) -> tuple[Tensor, Tensor]:

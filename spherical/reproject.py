@@ -9,8 +9,9 @@ front of the camera and inside the hull of the patch's pixel centres
 Only each patch's *footprint* is visited: the 16x16 ERP tiles whose bounding cones are
 not entirely outside one of the patch's four frustum planes. Tiles wrap in longitude and
 follow the patch's true shape at the poles, so 20 patches cost about as much as three
-full-ERP passes, not twenty. Entries are grouped by patch, so fusion can run patch by
-patch with bounded memory.
+full-ERP passes, not twenty. Tiles whose cones lie entirely inside all four planes (most
+of a footprint) are taken whole; only the tiles on a patch's border are tested pixel by
+pixel. Entries are grouped by patch, so fusion runs patch by patch with bounded memory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spherical.camera import PatchCameras
-from spherical.erp import erp_lonlat, erp_width, lonlat_to_ray
+from spherical.erp import erp_lonlat, erp_width, lonlat_grid_to_ray
 
 SampleMode = Literal["bilinear", "nearest"]
 
@@ -82,26 +83,39 @@ def _tile_cones(erp_height: int, tile: int, dtype: torch.dtype, device: torch.de
     lon_edges = 2.0 * math.pi * u_edges / W - math.pi
     lat_c = (lat_edges[:-1] + lat_edges[1:]) / 2.0
     lon_c = (lon_edges[:-1] + lon_edges[1:]) / 2.0
-    axis = lonlat_to_ray(lon_c[None, :], lat_c[:, None])  # (rows,cols,3)
+    axis = lonlat_grid_to_ray(lon_c, lat_c)  # (rows,cols,3)
     # The farthest point of a longitude/latitude box from its centre is one of its corners.
-    corners = [
-        lonlat_to_ray(lon_edges[i : cols + i][None, :], lat_edges[j : rows + j][:, None])
-        for i in (0, 1)
-        for j in (0, 1)
-    ]  # 4 x (rows,cols,3)
+    edge_rays = lonlat_grid_to_ray(lon_edges, lat_edges)  # (rows+1,cols+1,3)
+    corners = [edge_rays[j : rows + j, i : cols + i] for i in (0, 1) for j in (0, 1)]  # 4 x (rows,cols,3)
     cos_radius = torch.stack([(axis * c).sum(-1) for c in corners]).amin(0)  # (rows,cols)
     sin_radius = torch.sqrt((1.0 - cos_radius**2).clamp_min(0.0)) * 1.001 + 1e-9
     return axis.reshape(-1, 3).to(dtype), sin_radius.reshape(-1).to(dtype)
 
 
-def patch_footprints(cameras: PatchCameras, erp_height: int, tile: int = TILE) -> list[Footprint]:
-    """ERP footprints of every patch: the tiles whose bounding cone is not entirely
-    outside one of the patch's frustum planes (conservative: no seen pixel is missed)."""
+def _classify_tiles(cameras: PatchCameras, erp_height: int, tile: int) -> tuple[Tensor, Tensor]:
+    """(N,T) bool masks over the ERP tiles: `touched` tiles are not entirely outside any of a
+    patch's four frustum planes (they may hold seen pixels: conservative); `inner` tiles are
+    entirely inside all four (every one of their pixels is seen)."""
     axis, sin_radius = _tile_cones(erp_height, tile, torch.float64, cameras.device)
     normals = _frustum_normals(cameras.to(dtype=torch.float64))  # (N,4,3)
     dots = torch.einsum("nka,ta->nkt", normals, axis)  # (N,4,T)
-    keep = (dots >= -sin_radius).all(dim=1)  # (N,T)
-    return [Footprint(torch.nonzero(k).squeeze(1), tile) for k in keep]
+    touched = (dots >= -sin_radius).all(dim=1)  # (N,T)
+    inner = (dots >= sin_radius).all(dim=1)  # (N,T)
+    H, W = erp_height, erp_width(erp_height)
+    if H % tile or W % tile:
+        # Partial tiles (last row / column) have out-of-range pixels: never treat them as inner.
+        partial = torch.zeros(-(-H // tile), -(-W // tile), dtype=torch.bool, device=cameras.device)
+        partial[-1, :] = H % tile != 0
+        partial[:, -1] |= W % tile != 0
+        inner &= ~partial.flatten()
+    return touched, inner
+
+
+def patch_footprints(cameras: PatchCameras, erp_height: int, tile: int = TILE) -> list[Footprint]:
+    """ERP footprints of every patch: the tiles whose bounding cone is not entirely
+    outside one of the patch's frustum planes (conservative: no seen pixel is missed)."""
+    touched, _ = _classify_tiles(cameras, erp_height, tile)
+    return [Footprint(torch.nonzero(k).squeeze(1), tile) for k in touched]
 
 
 @dataclass(frozen=True)
@@ -162,9 +176,52 @@ class PatchToErp:
     def grid(self, patch: int) -> Tensor:
         """(1,1,M_n,2) normalised grid_sample coordinates of the entries of `patch`."""
         sl = self.entries_of(patch)
-        gx = 2.0 * self.x[sl] / self.patch_width - 1.0
-        gy = 2.0 * self.y[sl] / self.patch_height - 1.0
-        return torch.stack((gx, gy), -1)[None, None]  # (1,1,M_n,2)
+        scale = torch.tensor([2.0 / self.patch_width, 2.0 / self.patch_height], dtype=self.x.dtype)
+        grid = torch.stack((self.x[sl], self.y[sl]), -1).mul_(scale.to(self.x.device)).sub_(1.0)  # (M_n,2)
+        return grid[None, None]  # (1,1,M_n,2)
+
+    def _read(self, values: Tensor, patch: int, mode: SampleMode) -> list[tuple[slice, Tensor]]:
+        """Read one patch's map (C,h,w) at its entries with one grid_sample call.
+
+        The entries are split into equal batch rows of one expanded (not copied) input, because
+        the CPU kernel parallelises over batch rows only. Returns (entry slice, (C,L) values)
+        per row, in the work dtype (float32 or float64), in entry order.
+        """
+        sl = self.entries_of(patch)
+        count = sl.stop - sl.start
+        if count == 0:
+            return []
+        rows = min(torch.get_num_threads(), count) if values.device.type == "cpu" else 1
+        length = -(-count // rows)
+        grid = self.grid(patch).to(device=values.device, dtype=values.dtype)[0, 0]  # (M_n,2)
+        if rows * length > count:
+            grid = F.pad(grid, (0, 0, 0, rows * length - count))  # (rows*length,2), tail read and dropped
+        out = F.grid_sample(
+            values[None].expand(rows, -1, -1, -1),
+            grid.view(rows, 1, length, 2),
+            mode=mode,
+            padding_mode="border",
+            align_corners=False,
+        )  # (rows,C,1,length)
+        pieces = []
+        for r, start in enumerate(range(sl.start, sl.stop, length)):
+            stop = min(start + length, sl.stop)
+            pieces.append((slice(start, stop), out[r, :, 0, : stop - start]))  # (C,L) view
+        return pieces
+
+    @staticmethod
+    def _work_values(values: Tensor, mode: SampleMode) -> Tensor:
+        """`values` in the dtype that sampling runs in (float32 or float64)."""
+        if not values.is_floating_point() and mode != "nearest":
+            raise ValueError("integer label maps can only be sampled with mode='nearest'")
+        return values if values.dtype in (torch.float32, torch.float64) else values.float()
+
+    @staticmethod
+    def _restore_dtype(out: Tensor, dtype: torch.dtype) -> Tensor:
+        """Sampled values back in the dtype of the maps they were read from."""
+        if dtype.is_floating_point:
+            return out.to(dtype)
+        return out.round_().to(dtype)
 
     def sample_patch(self, values: Tensor, patch: int, mode: SampleMode = "bilinear") -> Tensor:
         """Read one patch's map at its entries.
@@ -174,26 +231,29 @@ class PatchToErp:
         Returns:
             (C, M_n) values at the entries of that patch, in the dtype of `values`.
         """
-        is_float = values.is_floating_point()
-        if not is_float and mode != "nearest":
-            raise ValueError("integer label maps can only be sampled with mode='nearest'")
-        work = values if values.dtype in (torch.float32, torch.float64) else values.float()
-        grid = self.grid(patch).to(device=work.device, dtype=work.dtype)
-        out = F.grid_sample(work[None], grid, mode=mode, padding_mode="border", align_corners=False)
-        out = out[0, :, 0]  # (1,C,1,M_n) -> (C,M_n)
-        return out.to(values.dtype) if is_float else out.round().to(values.dtype)
+        work = self._work_values(values, mode)
+        pieces = [out for _, out in self._read(work, patch, mode)]
+        out = torch.cat(pieces, 1) if pieces else work.new_empty(work.shape[0], 0)  # (C,M_n)
+        return self._restore_dtype(out, values.dtype)
 
-    def sample(self, values: Tensor, mode: SampleMode = "bilinear") -> Tensor:
-        """Read every patch's map at its entries: (N,C,h,w) -> (C,M)."""
-        if values.shape[0] != self.num_patches or values.shape[-2:] != (
-            self.patch_height,
-            self.patch_width,
-        ):
+    def _check_maps(self, values: Tensor) -> None:
+        """Raise unless `values` holds one (C,h,w) map per patch."""
+        expected = (self.num_patches, self.patch_height, self.patch_width)
+        if values.ndim != 4 or (values.shape[0], *values.shape[-2:]) != expected:
             raise ValueError(
                 f"expected ({self.num_patches},C,{self.patch_height},{self.patch_width}) "
                 f"patch maps, got {tuple(values.shape)}"
             )
-        return torch.cat([self.sample_patch(values[n], n, mode) for n in range(self.num_patches)], 1)
+
+    def sample(self, values: Tensor, mode: SampleMode = "bilinear") -> Tensor:
+        """Read every patch's map at its entries: (N,C,h,w) -> (C,M)."""
+        self._check_maps(values)
+        work = self._work_values(values, mode)
+        out = work.new_empty(work.shape[1], len(self))  # (C,M)
+        for n in range(self.num_patches):
+            for entries, piece in self._read(work[n], n, mode):
+                out[:, entries] = piece
+        return self._restore_dtype(out, values.dtype)
 
     def scatter_sum(
         self, entry_values: Tensor, weights: Tensor | None = None, entries: slice | None = None
@@ -211,17 +271,12 @@ class PatchToErp:
         H, W = self.erp_height, self.erp_width
         device, dtype = entry_values.device, entry_values.dtype
         index = self.erp_index[entries if entries is not None else slice(None)].to(device)
-        w = torch.ones(index.shape[0], dtype=dtype, device=device) if weights is None else weights.to(dtype)
-        weighted = entry_values * w
+        if weights is not None:
+            weights = weights.to(dtype=dtype, device=device)
+            entry_values = entry_values * weights
         sums = torch.zeros(C, H * W, dtype=dtype, device=device)
-        if device.type == "cpu":
-            # One 1-D index_add per channel is several times faster on CPU than one 2-D one.
-            for c in range(C):
-                sums[c].index_add_(0, index, weighted[c])
-        else:
-            sums.index_add_(1, index, weighted)
-        weight_sums = torch.zeros(H * W, dtype=dtype, device=device).index_add_(0, index, w)
-        return sums.view(C, H, W), weight_sums.view(H, W)
+        _index_add(sums, index, entry_values)
+        return sums.view(C, H, W), _weight_sums(index, weights, H * W, dtype).view(H, W)
 
     def counts(self) -> Tensor:
         """(H,W) int64 number of patches that see each ERP pixel."""
@@ -253,53 +308,114 @@ class PatchToErp:
         return torch.sqrt(dx * dx + dy * dy) / (self.patch_width / 2.0)
 
 
+def _index_add(sums: Tensor, index: Tensor, values: Tensor) -> None:
+    """sums (C,P) += values (C,L) at the columns `index` (L,) (repeated indices add up)."""
+    if sums.device.type == "cpu":
+        # One 1-D index_add per channel is several times faster on CPU than one 2-D one.
+        for c in range(sums.shape[0]):
+            sums[c].index_add_(0, index, values[c])
+    else:
+        sums.index_add_(1, index, values)
+
+
+def _weight_sums(index: Tensor, weights: Tensor | None, size: int, dtype: torch.dtype) -> Tensor:
+    """(size,) sums of the weights (L,) at `index` (L,); counts when `weights` is None."""
+    if weights is None:
+        return torch.bincount(index, minlength=size).to(dtype)
+    return torch.zeros(size, dtype=dtype, device=index.device).index_add_(0, index, weights.to(dtype))
+
+
+def _per_tile(values: Tensor, tile: int) -> Tensor:
+    """(L,) per-pixel values -> (ceil(L/tile), tile), one row per tile; the last row is padded
+    by repetition (the padded pixels lie outside the ERP and are masked out)."""
+    pad = -values.shape[0] % tile
+    return torch.cat((values, values[-1:].expand(pad))).view(-1, tile)
+
+
 def patch_to_erp(cameras: PatchCameras, erp_height: int, tile: int = TILE) -> PatchToErp:
     """Correspondences between ERP pixels (H = erp_height) and the patches of `cameras`.
 
-    Computed in the cameras' dtype on their device; only footprint tiles are visited.
+    Computed in the cameras' dtype on their device; only footprint tiles are visited. Tiles
+    entirely inside a patch take all their pixels without a test; only the tiles on the
+    patch border are tested pixel by pixel. A patch's entries list its inner tiles first,
+    then the seen pixels of its border tiles.
     """
     H, W = erp_height, erp_width(erp_height)
     dtype, device = cameras.dtype, cameras.device
     h, w = cameras.height, cameras.width
+    tiles_per_row = -(-W // tile)
     lon, lat = erp_lonlat(H, dtype=dtype, device=device)
-    sin_lon, cos_lon = torch.sin(lon), torch.cos(lon)
-    sin_lat, cos_lat = torch.sin(lat), torch.cos(lat)
-    focal = cameras.focal
-    footprints = patch_footprints(cameras, erp_height, tile)
-    tile_cols = -(-W // tile)
-    offsets_in_tile = torch.arange(tile, device=device)
+    # Trigonometry of the pixel centres, one row of `tile` values per tile column / tile row.
+    trig_lon = torch.stack((_per_tile(torch.sin(lon), tile), _per_tile(torch.cos(lon), tile)))  # (2,cols,tile)
+    trig_lat = torch.stack((_per_tile(torch.cos(lat), tile), _per_tile(torch.sin(lat), tile)))  # (2,rows,tile)
+    # Pixel-homogeneous coordinates of a world ray d: (X, Y, Z) = K R^T d, x = X/Z, y = Y/Z.
+    # No float32 matmul anywhere below: a TF32 setting (made for the networks) would cost
+    # sub-pixel accuracy on a GPU.
+    K, R = cameras.intrinsics().double(), cameras.rotation.double()
+    P = (K @ R.transpose(1, 2)).to(dtype)  # (N,3,3)
+    P_sin_lon, P_sin_lat, P_cos_lon = P.permute(2, 0, 1)[..., None, None]  # (N,3,1,1) each: P[:, :, a]
+    touched, inner = _classify_tiles(cameras, erp_height, tile)  # (N,T) each
+    border = touched & ~inner
+    steps = torch.arange(tile, dtype=torch.int32, device=device)
+    pixel_in_tile = steps[:, None] * W + steps[None, :]  # (tile,tile) flat ERP offsets from a tile's corner
 
-    erp_index, xs, ys, offsets = [], [], [], [0]
-    for n, fp in enumerate(footprints):
-        rows = (fp.tiles // tile_cols)[:, None] * tile + offsets_in_tile  # (T,tile)
-        cols = (fp.tiles % tile_cols)[:, None] * tile + offsets_in_tile  # (T,tile)
-        inside = (rows < H)[:, :, None] & (cols < W)[:, None, :]  # (T,tile,tile) partial tiles
-        rows, cols = rows.clamp(max=H - 1), cols.clamp(max=W - 1)
-        R = cameras.rotation[n]
-        cl, sl = cos_lat[rows][:, :, None], sin_lat[rows][:, :, None]  # (T,tile,1)
-        sp, cp = sin_lon[cols][:, None, :], cos_lon[cols][:, None, :]  # (T,1,tile)
-        # Camera-frame components of the ERP rays: c_k = sum_a R[a,k] d_a, with
-        # d = (cos(lat) sin(lon), -sin(lat), cos(lat) cos(lon)); each (T,tile,tile).
-        cam = [cl * (R[0, k] * sp + R[2, k] * cp) - R[1, k] * sl for k in range(3)]
-        z = cam[2]
-        x = focal[n] * cam[0] / z + w / 2.0
-        y = focal[n] * cam[1] / z + h / 2.0
-        valid = inside & (z > 0) & (x >= 0.5) & (x <= w - 0.5) & (y >= 0.5) & (y <= h - 0.5)
-        flat = (rows[:, :, None] * W + cols[:, None, :])[valid]
-        erp_index.append(flat.to(torch.int32))
-        xs.append(x[valid])
-        ys.append(y[valid])
-        offsets.append(offsets[-1] + flat.numel())
+    def project(n: int, tiles: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """X, Y, Z (3,T,tile,tile) of the rays of the pixels of `tiles` (T,) in camera n, the
+        tiles' rows and columns (T,) and the flat ERP indices of their pixels (T,tile,tile).
+
+        With d = (cos(lat) sin(lon), -sin(lat), cos(lat) cos(lon)), each component is
+        cos(lat) * (P[k,0] sin(lon) + P[k,2] cos(lon)) - P[k,1] sin(lat): the outer product
+        of a per-row and a per-column vector, minus a per-row term.
+        """
+        tile_rows, tile_cols = tiles // tiles_per_row, tiles % tiles_per_row
+        cos_lat, sin_lat = trig_lat.index_select(1, tile_rows)  # (T,tile) each, down a tile
+        sin_lon, cos_lon = trig_lon.index_select(1, tile_cols)  # (T,tile) each, across a tile
+        per_col = P_sin_lon[n] * sin_lon + P_cos_lon[n] * cos_lon  # (3,1,1) * (T,tile) -> (3,T,tile)
+        per_row = P_sin_lat[n] * sin_lat  # (3,T,tile)
+        XYZ = (cos_lat[:, :, None] * per_col[:, :, None, :]).sub_(per_row[..., None])  # (3,T,tile,tile)
+        corner = (tile_rows * (tile * W) + tile_cols * tile).to(torch.int32)  # (T,) top-left pixel
+        return XYZ, tile_rows, tile_cols, corner[:, None, None] + pixel_in_tile
+
+    # Border tiles first: their counts fix the size of the outputs, which are then written once.
+    border_entries = []
+    for n in range(len(cameras)):
+        (X, Y, Z), tile_rows, tile_cols, pixels = project(n, torch.nonzero(border[n]).squeeze(1))
+        x, y = X.div_(Z), Y.div_(Z)  # (T,tile,tile) each
+        # Seen: Z > 0, 0.5 <= x <= w - 0.5, 0.5 <= y <= h - 0.5. Clamping leaves exactly those
+        # x and y unchanged (NaN, from Z = 0, never equals itself).
+        valid = (x.clamp(0.5, w - 0.5) == x) & (y.clamp(0.5, h - 0.5) == y) & (Z > 0)
+        if H % tile or W % tile:  # partial tiles: pixels beyond the last row / column
+            valid &= ((tile_rows[:, None] * tile + steps) < H)[:, :, None]
+            valid &= ((tile_cols[:, None] * tile + steps) < W)[:, None, :]
+        seen = torch.nonzero(valid.view(-1)).squeeze(1)
+        border_entries.append(tuple(t.view(-1).index_select(0, seen) for t in (pixels, x, y)))
+
+    inner_sizes = (inner.sum(1) * tile**2).tolist()
+    offsets = [0]
+    for size, (index, _, _) in zip(inner_sizes, border_entries, strict=True):
+        offsets.append(offsets[-1] + size + index.numel())
+    erp_index = torch.empty(offsets[-1], dtype=torch.int32, device=device)
+    xs = torch.empty(offsets[-1], dtype=dtype, device=device)
+    ys = torch.empty(offsets[-1], dtype=dtype, device=device)
+    for n, (size, found) in enumerate(zip(inner_sizes, border_entries, strict=True)):
+        start, mid, stop = offsets[n], offsets[n] + size, offsets[n + 1]
+        # Inner tiles: every pixel is seen, written straight into the outputs.
+        (X, Y, Z), _, _, pixels = project(n, torch.nonzero(inner[n]).squeeze(1))
+        erp_index[start:mid] = pixels.view(-1)
+        torch.div(X, Z, out=xs[start:mid].view(X.shape))
+        torch.div(Y, Z, out=ys[start:mid].view(Y.shape))
+        for out, values in zip((erp_index, xs, ys), found, strict=True):
+            out[mid:stop] = values
 
     return PatchToErp(
         erp_height=H,
         patch_height=h,
         patch_width=w,
-        erp_index=torch.cat(erp_index),
-        x=torch.cat(xs),
-        y=torch.cat(ys),
+        erp_index=erp_index,
+        x=xs,
+        y=ys,
         offsets=tuple(offsets),
-        footprints=tuple(footprints),
+        footprints=tuple(Footprint(torch.nonzero(k).squeeze(1), tile) for k in touched),
     )
 
 
@@ -320,7 +436,20 @@ def patches_to_erp(
         erp: (C,H,W) weighted mean, NaN where no patch sees the pixel.
         weight_sums: (H,W) total weight per pixel.
     """
-    entry_values = mapping.sample(values, mode)  # (C,M)
-    sums, weight_sums = mapping.scatter_sum(entry_values, weights)
-    erp = torch.where(weight_sums > 0, sums / weight_sums, torch.nan)
-    return erp, weight_sums
+    mapping._check_maps(values)
+    work = PatchToErp._work_values(values, mode)
+    C, H, W = work.shape[1], mapping.erp_height, mapping.erp_width
+    index = mapping.erp_index.to(work.device)
+    if weights is not None:
+        weights = weights.to(dtype=work.dtype, device=work.device)
+    # Read and scatter patch by patch: the (C,M) entry values are never materialised.
+    sums = torch.zeros(C, H * W, dtype=work.dtype, device=work.device)
+    for n in range(mapping.num_patches):
+        for entries, entry_values in mapping._read(work[n], n, mode):
+            if weights is not None:
+                entry_values = entry_values * weights[entries]
+            _index_add(sums, index[entries], entry_values)
+    weight_sums = _weight_sums(index, weights, H * W, work.dtype)
+    erp = sums.div_(weight_sums).masked_fill_(weight_sums <= 0, math.nan)  # NaN where no patch sees it
+    out_dtype = values.dtype if values.is_floating_point() else work.dtype
+    return erp.view(C, H, W).to(out_dtype), weight_sums.view(H, W).to(out_dtype)

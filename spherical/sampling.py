@@ -8,6 +8,7 @@ which is where a ray that crosses the pole lands.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spherical.camera import PatchCameras
-from spherical.erp import erp_width, lonlat_to_pixel, ray_to_lonlat
+from spherical.erp import erp_width
 
 SampleMode = Literal["bilinear", "nearest"]
 
@@ -24,18 +25,49 @@ def pad_erp(erp: Tensor) -> Tensor:
     """Pad an ERP image by one pixel on every side with its spherical neighbours.
 
     Args:
-        erp: (B,C,H,W) ERP image, W = 2H.
+        erp: (..., H, W) ERP images, e.g. (B,C,H,W), W = 2H.
     Returns:
-        (B,C,H+2,W+2): columns wrap around in longitude; the padded top/bottom rows are the
+        (..., H+2, W+2): columns wrap around in longitude; the padded top/bottom rows are the
         first/last rows shifted by half a turn (the pixels across the pole).
     """
-    *_, H, W = erp.shape
+    *lead, H, W = erp.shape
     if erp_width(H) != W:
         raise ValueError(f"ERP images must be 2:1, got {H}x{W}")
-    top = torch.roll(erp[:, :, :1], W // 2, dims=-1)  # (B,C,1,W) across the north pole
-    bottom = torch.roll(erp[:, :, -1:], W // 2, dims=-1)  # (B,C,1,W) across the south pole
-    rows = torch.cat((top, erp, bottom), dim=2)  # (B,C,H+2,W)
-    return torch.cat((rows[..., -1:], rows, rows[..., :1]), dim=-1)  # (B,C,H+2,W+2)
+    # One allocation filled in place: the padded copy of a large ERP is tens of MB.
+    padded = erp.new_empty(*lead, H + 2, W + 2)
+    padded[..., 1:-1, 1:-1] = erp
+    padded[..., 0, 1:-1] = torch.roll(erp[..., 0, :], W // 2, dims=-1)  # across the north pole
+    padded[..., -1, 1:-1] = torch.roll(erp[..., -1, :], W // 2, dims=-1)  # across the south pole
+    padded[..., 0] = padded[..., -2]  # longitude wraps, pole rows included
+    padded[..., -1] = padded[..., 1]
+    return padded
+
+
+# Patch pixels per grid_sample call (four 518x518 patches on two threads). Larger calls
+# need fresh buffers of tens of MB, which cost more in page faults than the maths; smaller
+# ones multiply the parallel sections, which a busy machine makes slow.
+_CHUNK_PIXELS = 3 << 19
+
+
+def _patch_grid(cameras: PatchCameras, erp_height: int) -> Tensor:
+    """(N,h,w,2) grid_sample coordinates of every patch pixel in a padded ERP (see `pad_erp`).
+
+    With x = (lon + pi) W / (2 pi) and y = (pi/2 - lat) H / pi (`lonlat_to_pixel`), the
+    normalised coordinates in the (H+2, W+2) padded image, 2 (x + 1) / (W + 2) - 1 and
+    2 (y + 1) / (H + 2) - 1, reduce to pure scalings of longitude and latitude. lon = +pi
+    (x = W) needs no wrap to x = 0: both read the same two columns of the padded image.
+    """
+    H, W = erp_height, erp_width(erp_height)
+    N, h, w = len(cameras), cameras.height, cameras.width
+    # One buffer, few passes: (d_x, d_y, d_z, hypot(d_x, d_z)), then atan2 of its two halves
+    # gives (lon, -lat) in place; the directions need not be unit for atan2.
+    buffer = torch.empty(4, N, h, w, dtype=cameras.dtype, device=cameras.device)
+    cameras.world_directions(out=buffer[:3])
+    torch.hypot(buffer[0], buffer[2], out=buffer[3])
+    angles = torch.atan2(buffer[:2], buffer[2:], out=buffer[:2])  # (2,N,h,w): lon, -lat
+    scale = torch.tensor([W / (math.pi * (W + 2)), 2.0 * H / (math.pi * (H + 2))], dtype=cameras.dtype)
+    angles.mul_(scale.to(cameras.device)[:, None, None, None])  # lon W / (pi (W + 2)), -lat 2H / (pi (H + 2))
+    return angles.permute(1, 2, 3, 0)  # (N,h,w,2), a strided view that grid_sample reads as is
 
 
 def erp_sampling_grid(cameras: PatchCameras, erp_height: int) -> Tensor:
@@ -45,13 +77,7 @@ def erp_sampling_grid(cameras: PatchCameras, erp_height: int) -> Tensor:
         (N*h, w, 2) normalised (x, y) coordinates for `F.grid_sample(align_corners=False)`
         on a (H+2, W+2) padded ERP; the N patches are stacked along the rows.
     """
-    H, W = erp_height, erp_width(erp_height)
-    lon, lat = ray_to_lonlat(cameras.world_rays())  # (N,h,w) each
-    x, y = lonlat_to_pixel(lon, lat, erp_height)
-    gx = 2.0 * (x + 1.0) / (W + 2) - 1.0  # +1: the padded column on the left
-    gy = 2.0 * (y + 1.0) / (H + 2) - 1.0
-    grid = torch.stack((gx, gy), -1)  # (N,h,w,2)
-    return grid.flatten(0, 1)  # (N*h,w,2)
+    return _patch_grid(cameras, erp_height).flatten(0, 1)  # (N,h,w,2) -> (N*h,w,2)
 
 
 def erp_to_patches(erp: Tensor, cameras: PatchCameras, mode: SampleMode = "bilinear") -> Tensor:
@@ -70,14 +96,30 @@ def erp_to_patches(erp: Tensor, cameras: PatchCameras, mode: SampleMode = "bilin
     is_float = erp.is_floating_point()
     if not is_float and mode != "nearest":
         raise ValueError("integer label maps can only be sampled with mode='nearest'")
-    B, _, H, _ = erp.shape
+    B, C, H, _ = erp.shape
+    N, h, w = len(cameras), cameras.height, cameras.width
     # Coordinates and interpolation in float32 at least: half precision cannot address
     # pixels of a 2048-wide ERP exactly.
     work_dtype = torch.float64 if erp.dtype == torch.float64 else torch.float32
-    grid = erp_sampling_grid(cameras.to(device=erp.device, dtype=work_dtype), H)  # (N*h,w,2)
+    cameras = cameras.to(device=erp.device, dtype=work_dtype)
     padded = pad_erp(erp.to(work_dtype))  # (B,C,H+2,W+2)
-    out = F.grid_sample(
-        padded, grid.expand(B, -1, -1, -1), mode=mode, padding_mode="border", align_corners=False
-    )  # (B,C,N*h,w)
-    out = out.unflatten(2, (len(cameras), cameras.height)).transpose(1, 2)  # (B,N,C,h,w)
-    return out.to(erp.dtype) if is_float else out.round().to(erp.dtype)
+    # The B images become channels of one input, so that one grid serves all of them.
+    padded = padded.reshape(1, B * C, H + 2, padded.shape[-1])  # (1,B*C,H+2,W+2)
+    out = torch.empty(B, N, C, h, w, dtype=work_dtype, device=erp.device)
+    # Several patches per call, as batch rows of one expanded (not copied) input: the CPU
+    # kernel parallelises over batch rows only, so a call takes a multiple of the thread count.
+    threads = torch.get_num_threads()
+    step = threads * max(1, _CHUNK_PIXELS // (threads * h * w))
+    for start in range(0, N, step):
+        chunk = cameras[start : start + step]
+        sampled = F.grid_sample(
+            padded.expand(len(chunk), -1, -1, -1),
+            _patch_grid(chunk, H),
+            mode=mode,
+            padding_mode="border",
+            align_corners=False,
+        )  # (k,B*C,h,w)
+        out[:, start : start + len(chunk)] = sampled.unflatten(1, (B, C)).transpose(0, 1)  # (B,k,C,h,w)
+    if is_float:
+        return out.to(erp.dtype)
+    return out.round_().to(erp.dtype)

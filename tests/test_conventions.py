@@ -11,6 +11,7 @@ from spherical.camera import PatchCameras, focal_from_fov
 from spherical.erp import (
     erp_lonlat,
     erp_rays,
+    lonlat_grid_to_ray,
     lonlat_to_pixel,
     lonlat_to_ray,
     pixel_to_lonlat,
@@ -183,3 +184,35 @@ def test_camera_validation_errors():
         PatchCameras.from_ypr([0.0], [0.0], fov_x_deg=180.0, height=4, width=4)
     with pytest.raises(ValueError, match="rotation"):
         PatchCameras(torch.eye(3), torch.tensor([90.0]), 4, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lonlat_grid_rays_equal_the_ray_formula(dtype):
+    lon, lat = erp_lonlat(12, dtype=dtype)
+    grid = lonlat_grid_to_ray(lon, lat)  # (H,W,3)
+    assert grid.shape == (12, 24, 3) and grid.dtype == dtype
+    torch.testing.assert_close(grid, lonlat_to_ray(lon[None, :], lat[:, None]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_separable_world_directions_are_R_times_camera_rays(dtype):
+    """d = R[:,0] a_j + R[:,1] b_i + R[:,2] is R c for c = (a_j, b_i, 1), pixel by pixel."""
+    cams = PatchCameras.from_ypr(
+        [30.0, -170.0, 90.0],
+        [20.0, -80.0, 89.0],
+        [5.0, 0.0, -40.0],
+        fov_x_deg=[70.0, 100.0, 60.0],
+        height=9,
+        width=12,
+        dtype=dtype,
+    )
+    dx, dy, dz = cams.world_directions()
+    assert dx.shape == (3, 9, 12) and dx.dtype == dtype
+    directions = torch.stack((dx, dy, dz), -1)  # (N,h,w,3)
+    expected = torch.einsum("nab,nhwb->nhwa", cams.rotation, cams.camera_rays())  # (N,h,w,3)
+    torch.testing.assert_close(directions, expected, atol=1e-6, rtol=0)
+    # Not unit: their lengths are the camera-ray lengths ||c|| (range = z-depth * ||c||).
+    torch.testing.assert_close(torch.linalg.vector_norm(directions, dim=-1), cams.ray_norms())
+    rays = cams.world_rays()
+    torch.testing.assert_close(torch.linalg.vector_norm(rays, dim=-1), torch.ones(3, 9, 12, dtype=dtype))
+    torch.testing.assert_close(rays, expected / cams.ray_norms()[..., None])

@@ -10,7 +10,7 @@ from test_sampling import PITCH, ROLL, YAW
 from spherical.camera import PatchCameras
 from spherical.erp import erp_rays, erp_width
 from spherical.layouts import icosahedron_layout
-from spherical.reproject import patch_to_erp, patches_to_erp
+from spherical.reproject import _classify_tiles, patch_to_erp, patches_to_erp
 from spherical.sampling import erp_to_patches
 
 
@@ -109,3 +109,157 @@ def test_sample_checks_shapes():
     mapping = patch_to_erp(cams, 32)
     with pytest.raises(ValueError, match="patch maps"):
         mapping.sample(torch.zeros(len(cams), 1, 16, 16))
+
+
+def _brute_force(cams: PatchCameras, H: int):
+    """Every ERP pixel projected into every camera: (N,H*W) x, y and the seen mask."""
+    rays = erp_rays(H, dtype=cams.dtype).reshape(1, -1, 3).expand(len(cams), -1, -1)
+    x, y, z = cams.project(rays)
+    h, w = cams.height, cams.width
+    return x, y, (z > 0) & (x >= 0.5) & (x <= w - 0.5) & (y >= 0.5) & (y <= h - 0.5)
+
+
+def test_partial_tiles_and_inner_tiles_find_exactly_the_seen_pixels():
+    """An ERP whose size is not a multiple of the tile (partial last tile row and column):
+    inner tiles (taken whole) and border tiles (tested) together give exactly the brute-force
+    set, and every entry lies inside the pixel-centre hull."""
+    H, tile = 101, 4  # W = 202: 101 % 4 and 202 % 4 are both non-zero
+    cams = _cameras(torch.float64, size=40, fov=85.0)
+    h, w = cams.height, cams.width
+    touched, inner = _classify_tiles(cams, H, tile)
+    assert bool(inner.any(1).all()) and int(inner.sum()) > 0.5 * int(touched.sum())  # most tiles skip the test
+    mapping = patch_to_erp(cams, H, tile=tile)
+    assert sum(fp.size for fp in mapping.footprints) == int(touched.sum()) * tile**2
+    x, y, seen = _brute_force(cams, H)
+    for n in range(len(cams)):
+        sel = mapping.entries_of(n)
+        got = mapping.erp_index[sel].long()
+        assert torch.equal(torch.sort(got).values, torch.nonzero(seen[n]).squeeze(1)), f"camera {n}"
+        torch.testing.assert_close(mapping.x[sel], x[n][got])
+        torch.testing.assert_close(mapping.y[sel], y[n][got])
+    assert bool(((mapping.x >= 0.5) & (mapping.x <= w - 0.5) & (mapping.y >= 0.5) & (mapping.y <= h - 0.5)).all())
+
+
+def test_patches_without_inner_tiles_or_without_any_pixel():
+    """Narrow patches (no inner tile, or not a single ERP pixel centre in view) still match the
+    brute force, and sampling and fusion handle their empty entry ranges."""
+    H = 128
+    cams = PatchCameras.from_ypr(
+        [0.3, 40.0, -100.0], [0.3, 10.0, 0.0], fov_x_deg=[0.5, 4.0, 100.0], height=8, width=8, dtype=torch.float64
+    )
+    _, inner = _classify_tiles(cams, H, 16)
+    assert not bool(inner[:2].any()) and bool(inner[2].any())
+    mapping = patch_to_erp(cams, H)
+    _, _, seen = _brute_force(cams, H)
+    counts = [sl.stop - sl.start for sl in map(mapping.entries_of, range(3))]
+    assert counts[0] == 0 and counts[1] > 0, counts
+    for n in range(3):
+        got = torch.sort(mapping.erp_index[mapping.entries_of(n)].long()).values
+        assert torch.equal(got, torch.nonzero(seen[n]).squeeze(1)), f"camera {n}"
+    values = torch.rand(3, 2, 8, 8, dtype=torch.float64)
+    assert mapping.sample_patch(values[0], 0).shape == (2, 0)
+    assert mapping.sample(values).shape == (2, len(mapping))
+    _, wsum = patches_to_erp(values, mapping)
+    torch.testing.assert_close(wsum, mapping.counts().double())
+
+
+def test_float32_correspondences_match_float64():
+    """float32 finds the float64 entries, except pixels within a hair of the patch border, at
+    coordinates within 1e-3 patch px."""
+    H = 128
+    cams64 = _cameras(torch.float64, size=48, fov=80.0)
+    h, w = cams64.height, cams64.width
+    m64, m32 = patch_to_erp(cams64, H), patch_to_erp(cams64.to(dtype=torch.float32), H)
+    assert m32.x.dtype == torch.float32 and m32.erp_index.dtype == torch.int32
+    x, y, _ = _brute_force(cams64, H)
+    for n in range(len(cams64)):
+        x32 = torch.full((H * 2 * H,), torch.nan, dtype=torch.float64)
+        y32 = torch.full((H * 2 * H,), torch.nan, dtype=torch.float64)
+        index32 = m32.erp_index[m32.entries_of(n)].long()
+        x32[index32], y32[index32] = m32.x[m32.entries_of(n)].double(), m32.y[m32.entries_of(n)].double()
+        index64 = m64.erp_index[m64.entries_of(n)].long()
+        both = index64[~x32[index64].isnan()]
+        assert float((x32[both] - x[n][both]).abs().max()) < 1e-3
+        assert float((y32[both] - y[n][both]).abs().max()) < 1e-3
+        differ = torch.tensor(sorted(set(index64.tolist()) ^ set(index32.tolist())), dtype=torch.long)
+        if differ.numel():
+            xd, yd = x[n][differ], y[n][differ]
+            margin = torch.stack((xd - 0.5, (w - 0.5) - xd, yd - 0.5, (h - 0.5) - yd)).amin(0)
+            assert float(margin.abs().max()) < 1e-3, f"camera {n}"
+
+
+def test_sample_equals_one_grid_sample_per_patch_for_any_thread_count():
+    H = 64
+    cams = _cameras(torch.float32, size=24, fov=90.0)
+    mapping = patch_to_erp(cams, H)
+    g = torch.Generator().manual_seed(2)
+    values = torch.rand(len(cams), 3, 24, 40, generator=g)
+    labels = torch.randint(0, 150, (len(cams), 1, 24, 40), generator=g).to(torch.uint8)
+
+    def reference(maps: torch.Tensor, mode: str) -> torch.Tensor:
+        return torch.cat(
+            [
+                torch.nn.functional.grid_sample(
+                    maps[n][None].float(), mapping.grid(n), mode=mode, padding_mode="border", align_corners=False
+                )[0, :, 0]
+                for n in range(len(cams))
+            ],
+            1,
+        )  # (C,M)
+
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):  # 3: entries split into unequal rows, the last one padded
+            torch.set_num_threads(count)
+            torch.testing.assert_close(mapping.sample(values), reference(values, "bilinear"), rtol=0, atol=1e-6)
+            torch.testing.assert_close(
+                mapping.sample_patch(values[4], 4), mapping.sample(values)[:, mapping.entries_of(4)]
+            )
+            nearest = mapping.sample(labels, mode="nearest")
+            assert nearest.dtype == torch.uint8
+            assert torch.equal(nearest, reference(labels, "nearest").round().to(torch.uint8))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fused_reprojection_equals_sample_then_scatter():
+    H = 64
+    cams = _cameras(torch.float64, size=24, fov=90.0)
+    mapping = patch_to_erp(cams, H)
+    g = torch.Generator().manual_seed(4)
+    values = torch.rand(len(cams), 2, 24, 40, generator=g, dtype=torch.float64)
+    weights = torch.rand(len(mapping), generator=g, dtype=torch.float64)
+    weights[mapping.entries_of(0)] = 0.0  # patch 0 contributes nothing
+    erp, wsum = patches_to_erp(values, mapping, weights=weights)
+    sums, wsum2 = mapping.scatter_sum(mapping.sample(values), weights)
+    torch.testing.assert_close(wsum, wsum2)
+    expected = torch.where(wsum2 > 0, sums / wsum2, torch.nan)
+    torch.testing.assert_close(erp, expected, equal_nan=True)
+    only_0 = (mapping.counts() == 1).flatten() & torch.zeros(H * 2 * H, dtype=torch.bool).index_fill_(
+        0, mapping.erp_index[mapping.entries_of(0)].long(), True
+    )
+    assert int(only_0.sum()) > 0 and bool(erp.flatten(1)[:, only_0].isnan().all())
+    # Summing per-patch scatters gives the same sums.
+    per_patch = sum(
+        mapping.scatter_sum(mapping.sample_patch(values[n], n), weights[mapping.entries_of(n)], mapping.entries_of(n))[
+            0
+        ]
+        for n in range(len(cams))
+    )
+    torch.testing.assert_close(per_patch, sums)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    H = 64
+    cams = _cameras(torch.float64, size=24, fov=90.0)  # float64: no border pixel flips between devices
+    cpu = patch_to_erp(cams, H)
+    gpu = patch_to_erp(cams.to("cuda"), H)
+    assert gpu.erp_index.device.type == "cuda" and gpu.offsets == cpu.offsets
+    assert torch.equal(gpu.erp_index.cpu(), cpu.erp_index)
+    torch.testing.assert_close(gpu.x.cpu(), cpu.x, rtol=0, atol=1e-9)
+    values = torch.rand(len(cams), 3, 24, 40)
+    erp_cpu, w_cpu = patches_to_erp(values, cpu)
+    erp_gpu, w_gpu = patches_to_erp(values.cuda(), gpu)
+    torch.testing.assert_close(w_gpu.cpu(), w_cpu)
+    torch.testing.assert_close(erp_gpu.cpu(), erp_cpu, rtol=0, atol=1e-4, equal_nan=True)

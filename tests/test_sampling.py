@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import angle_between, erp_pixel_angle
 
+from spherical import sampling
 from spherical.camera import PatchCameras
 from spherical.erp import erp_rays, lonlat_to_pixel, ray_to_lonlat
-from spherical.sampling import erp_to_patches, pad_erp
+from spherical.sampling import erp_sampling_grid, erp_to_patches, pad_erp
 
 # Cameras at the seam (yaw 180), at both poles, tilted and rolled, and ordinary ones.
 YAW = [0.0, 180.0, -179.0, 45.0, 120.0, 0.0, -60.0]
@@ -89,6 +90,53 @@ def test_pad_erp_neighbours():
     # Above row 0 at column u is row 0 at column u + W/2.
     assert torch.equal(p[0, 1:-1], torch.roll(erp[0, 0, 0], H))
     assert torch.equal(p[-1, 1:-1], torch.roll(erp[0, 0, -1], H))
+
+
+def test_pad_erp_corners_and_batches():
+    g = torch.Generator().manual_seed(3)
+    erp = torch.rand(2, 3, 6, 12, generator=g)
+    p = pad_erp(erp)
+    assert p.shape == (2, 3, 8, 14)
+    torch.testing.assert_close(p[:, :, 1:-1, 1:-1], erp, rtol=0, atol=0)
+    # The corners wrap the pole rows in longitude too.
+    torch.testing.assert_close(p[..., 0], p[..., -2], rtol=0, atol=0)
+    torch.testing.assert_close(p[..., -1], p[..., 1], rtol=0, atol=0)
+    torch.testing.assert_close(p[:, :, 0, 0], erp[:, :, 0, 5], rtol=0, atol=0)  # (0, W-1) rolled by W/2
+
+
+def test_sampling_grid_is_the_convention_chain():
+    """The fused grid equals rays -> (lon, lat) -> ERP pixel -> padded grid_sample coordinates;
+    at lon = +-pi the two may differ by exactly one ERP width, which the padding makes equal."""
+    H, W = 64, 128
+    cams = PatchCameras.from_ypr(YAW, PITCH, ROLL, fov_x_deg=80.0, height=31, width=33, dtype=torch.float64)
+    grid = erp_sampling_grid(cams, H)  # (N*h,w,2)
+    lon, lat = ray_to_lonlat(cams.world_rays())
+    x, y = lonlat_to_pixel(lon, lat, H)
+    x_grid = (grid[..., 0] + 1.0) * (W + 2) / 2.0 - 1.0  # back to ERP pixel coordinates
+    y_grid = (grid[..., 1] + 1.0) * (H + 2) / 2.0 - 1.0
+    dx = (x_grid - x.flatten(0, 1)).abs()
+    assert float(torch.minimum(dx, (dx - W).abs()).max()) < 1e-9
+    assert float((y_grid - y.flatten(0, 1)).abs().max()) < 1e-9
+    assert float((dx - W).abs().min()) < 1e-9  # the seam camera's centre column is at lon = pi
+
+
+def test_batches_and_chunks_match_one_plain_grid_sample(monkeypatch):
+    """B images at once, in chunks of patches or not, equal grid_sample on the documented grid."""
+    H = 32
+    g = torch.Generator().manual_seed(1)
+    erp = torch.rand(2, 3, H, 2 * H, generator=g, dtype=torch.float64)
+    cams = PatchCameras.from_ypr(YAW, PITCH, ROLL, fov_x_deg=75.0, height=12, width=10, dtype=torch.float64)
+    plain = torch.nn.functional.grid_sample(
+        pad_erp(erp), erp_sampling_grid(cams, H)[None].expand(2, -1, -1, -1), align_corners=False
+    )  # (B,C,N*h,w)
+    expected = plain.unflatten(2, (len(cams), 12)).transpose(1, 2)  # (B,N,C,h,w)
+    whole = erp_to_patches(erp, cams)
+    monkeypatch.setattr(sampling, "_CHUNK_PIXELS", 1)  # one thread-count of patches per call
+    chunked = erp_to_patches(erp, cams)
+    assert whole.shape == (2, len(cams), 3, 12, 10)
+    torch.testing.assert_close(whole, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(chunked, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(erp_to_patches(erp[1:], cams[2:5])[0], expected[1, 2:5], rtol=0, atol=1e-12)
 
 
 def test_half_precision_input_keeps_float32_geometry():
