@@ -317,16 +317,22 @@ class PanoramaLabeler:
                     self._normals_from_depth(pano)
                 began = time.perf_counter()
                 labels = pano.fusion.finish()
-                pano.seconds["fuse"] += time.perf_counter() - began
                 row.update(labels.stats)
                 row.update(fused_figures(labels, self.geometry))
+                pano.seconds["fuse"] += time.perf_counter() - began
                 began = time.perf_counter()
                 self.store.write_arrays(pano.index, self._arrays(pano, labels))
                 pano.seconds["write"] = time.perf_counter() - began
-                self.store.commit(pano.index, {**row, **{f"t_{s}": pano.seconds[s] for s in STAGES}})
+                self.store.commit(pano.index, {**row, **self._timings(pano)})
                 return
             except Exception as err:  # this panorama fails; the others of the call go on
                 pano.error = _one_line(err)
             finally:
                 pano.fusion = None
-        self.store.write_failure(pano.index, {**row, **{f"t_{s}": pano.seconds[s] for s in STAGES}}, pano.error)
+        self.store.write_failure(pano.index, {**row, **self._timings(pano)}, pano.error)
+
+    @staticmethod
+    def _timings(pano: _Panorama) -> dict[str, float]:
+        """Row columns: seconds per stage, and when the panorama was finished (Unix time, so
+        a run's throughput can be read off the store)."""
+        return {**{f"t_{s}": pano.seconds[s] for s in STAGES}, "finished_at": time.time()}

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,7 @@ from synthetic.dataset import write_dataset
 SIM = ["--depth-teacher", "sim", "--semantic-teacher", "sim", "--normal-teacher", "sim"]
 SMALL = ["--patch-size", "96", "--erp-height", "64"]
 # Columns that differ between two runs of the same work: timings and which worker did it.
-RUN_COLUMNS = ("worker",)
+RUN_COLUMNS = ("worker", "finished_at")
 
 
 def mtpano(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -238,3 +239,48 @@ def test_usage_errors_exit_2_and_leave_stores_alone(rooms, tmp_path):
     )  # fmt: skip
     assert replaced.returncode == 0, replaced.stderr
     assert LabelStore.open(str(out)).spec.erp_height == 32
+
+
+SIM_PLUGIN = """
+from pipeline.teachers.sim import SimTeacher, parse_sim_spec
+
+
+def factory():
+    return SimTeacher("depth", parse_sim_spec("sim", "depth"))
+"""
+
+
+def test_joins_a_running_ray_cluster(rooms, tmp_path):
+    """--address: the run uses a cluster started beforehand with `ray start`, whose workers
+    did not start in the driver's folder, yet import the driver's `py:` plugin."""
+    (tmp_path / "plugin_here.py").write_text(textwrap.dedent(SIM_PLUGIN))
+    ray = str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Ray's token authentication is for clusters on shared networks; this one is on loopback.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    # In the foreground (--block) and in a session of its own, so that ending the test stops
+    # this cluster and nothing else of the machine's (`ray stop` would stop every cluster).
+    options = [f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd="/", start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], capture_output=True, env=env).returncode:
+            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        run = mtpano(
+            "labels", str(rooms), "--out", str(tmp_path / "store"), *SMALL, "--address", f"127.0.0.1:{port}",
+            "--depth-teacher", "py:plugin_here:factory", "--semantic-teacher", "none", "--normal-teacher", "none",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert [r["status"] for r in LabelStore.open(str(tmp_path / "store")).rows()] == ["ok"] * 6
+        status = subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], capture_output=True, env=env)
+        assert status.returncode == 0  # the cluster outlives the run
+    finally:
+        kill_session(head.pid)
+        head.wait()
