@@ -154,7 +154,8 @@ def _start_ray(address: str | None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     ray.init(
-        address=address,
+        # "local": a new instance, never a cluster some earlier `ray start` left on this node.
+        address=address or "local",
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
         include_dashboard=False,
         logging_level=logging.ERROR,
@@ -193,9 +194,10 @@ def run_labels(
 
     attrs = {"mtpano_version": __version__, "created": datetime.now(UTC).isoformat(timespec="seconds")}
     store = prepare_store(out, spec, found, options.overwrite, attrs)
-    ids = {p for p, _ in found}
-    rows = [r for r in store.rows() if r["pano_id"] in ids]
-    todo = [r for r in rows if r["status"] != STATUS_OK]
+    sources = dict(found)
+    rows = [r for r in store.rows() if r["pano_id"] in sources]
+    # Read from where the files are now: a folder may have moved since the store was made.
+    todo = [{**r, "source": sources[r["pano_id"]]} for r in rows if r["status"] != STATUS_OK]
     summary = RunSummary(store=out, total=len(rows), done_before=len(rows) - len(todo))
     if on_start is not None:
         on_start(len(todo), summary.done_before)
@@ -208,7 +210,7 @@ def run_labels(
             store.consolidate()
     summary.seconds = time.perf_counter() - started
     summary.failed = [
-        (r["pano_id"], r["error"]) for r in store.rows() if r["pano_id"] in ids and r["status"] == STATUS_FAILED
+        (r["pano_id"], r["error"]) for r in store.rows() if r["pano_id"] in sources and r["status"] == STATUS_FAILED
     ]
     return summary
 
