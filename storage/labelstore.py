@@ -300,7 +300,10 @@ class LabelStore:
             if value.shape != specs[name].shape:
                 raise StoreError(f"{name}: expected shape {specs[name].shape}, got {value.shape}")
         for name, value in arrays.items():
-            self.group[name][index] = value.astype(specs[name].dtype, copy=False)
+            # Written even when equal to the fill value (an all-black RGB, a task with no
+            # label), so that a missing shard always means damage.
+            array = self.group[name].with_config({"write_empty_chunks": True})
+            array[index] = value.astype(specs[name].dtype, copy=False)
 
     def commit(self, index: int, row: Mapping[str, Any]) -> None:
         """Mark panorama `index` done (`ok`) with its row; its arrays must be written."""

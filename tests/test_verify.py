@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -94,3 +95,15 @@ def test_bad_values_are_found(copy):
         f"{ids[1]} (index 1): semantic: 3 pixels with class ids [200] beyond the 150 classes",
     ]
     assert result.bad_panoramas == 2 and LabelStore.open(str(path)).num_panoramas == 2
+
+
+def test_an_all_black_panorama_verifies_clean(tmp_path):
+    """Shards equal to their fill value (black RGB) are still written, so they are not 'missing'."""
+    images = make_rooms(tmp_path, [9])
+    (image,) = sorted(images.iterdir())
+    cv2.imwrite(str(image), np.zeros_like(cv2.imread(str(image))))
+    store = label(images, tmp_path / "store")
+    assert (tmp_path / "store" / "rgb" / "c" / "0" / "0" / "0" / "0").is_file()
+    assert not store.read(0, ["rgb"])["rgb"].any()
+    report = verify_store(store.url)
+    assert report.problems == [], report.problems
