@@ -279,6 +279,7 @@ def inspect(
     import json
 
     from mtpano import inspection
+    from storage.labelstore import jsonable
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv", param_hint="--json/--csv")
@@ -310,7 +311,7 @@ def inspect(
     if worst is not None:
         ranked = [r for r in ranked if inspection.is_finite(r.get(sort_figure))][:worst]
     if as_json:
-        typer.echo(json.dumps(inspection.jsonable({"summary": facts, "panoramas": ranked}), indent=1))
+        typer.echo(json.dumps(jsonable({"summary": facts, "panoramas": ranked}), indent=1))
         return
     if as_csv:
         import csv
@@ -320,7 +321,7 @@ def inspect(
         writer = csv.DictWriter(sys.stdout, fieldnames=header, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in ranked:
-            writer.writerow({k: ("" if v is None else v) for k, v in inspection.jsonable(row).items() if k in header})
+            writer.writerow({k: ("" if v is None else v) for k, v in jsonable(row).items() if k in header})
         console.print(inspection.summary_line(facts), soft_wrap=True, markup=False, highlight=False)
         return
     _print_table(label_store, ranked, facts, columns, sort_figure if sort is not None or worst is not None else None)
@@ -365,6 +366,7 @@ def _inspect_one(store, pano_id, as_json, recompute, preview, gt_dir, per_task, 
     from mtpano import inspection
     from pipeline import quality
     from pipeline.quality import FIGURES
+    from storage.labelstore import jsonable
 
     rows = inspection.load_figures(store)
     try:
@@ -413,7 +415,7 @@ def _inspect_one(store, pano_id, as_json, recompute, preview, gt_dir, per_task, 
         names = ", ".join(p.name for p in panels)
         console.print(f"wrote {preview} ({image.shape[1]}x{image.shape[0]}): {names}", soft_wrap=True)
     if as_json:
-        typer.echo(json.dumps(inspection.jsonable(row), indent=1))
+        typer.echo(json.dumps(jsonable(row), indent=1))
         return
     out = _stdout_console()
     out.print(

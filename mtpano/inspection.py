@@ -70,19 +70,6 @@ def load_figures(
     return [quality.with_derived(r) for r in rows]
 
 
-def jsonable(value: Any) -> Any:
-    """`value` for `json.dumps`: numpy scalars and arrays to Python, non-finite floats to None."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def is_finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value))
 
@@ -90,6 +77,11 @@ def is_finite(value: Any) -> bool:
 def has_ground_truth(row: Mapping[str, Any]) -> bool:
     """Whether a row has any ground-truth metric."""
     return any(f.source == "gt" and is_finite(row.get(f.name)) for f in FIGURES.values())
+
+
+def ok_values(rows: Iterable[Mapping[str, Any]], name: str) -> list[float]:
+    """The finite values of figure `name` over the `ok` rows (what summaries and plots count)."""
+    return [float(r[name]) for r in rows if r["status"] == STATUS_OK and is_finite(r.get(name))]
 
 
 def present_figures(rows: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -142,11 +134,8 @@ def summary(store: LabelStore, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Store-wide facts and the mean of every figure over the `ok` panoramas."""
     spec = store.spec
     counts = {s: sum(r["status"] == s for r in rows) for s in (STATUS_OK, STATUS_FAILED, STATUS_PENDING)}
-    ok = [r for r in rows if r["status"] == STATUS_OK]
-    means = {}
-    for name in present_figures(ok):
-        values = [float(r[name]) for r in ok if is_finite(r.get(name))]
-        means[name] = float(np.mean(values)) if values else math.nan
+    present = present_figures(r for r in rows if r["status"] == STATUS_OK)  # each has an ok value
+    means = {name: float(np.mean(ok_values(rows, name))) for name in present}
     return {
         "store": store.url,
         "panoramas": len(rows),

@@ -225,11 +225,10 @@ def _facts_html(facts: Mapping[str, Any]) -> str:
 
 
 def _figure_stats_html(rows: list[Mapping[str, Any]], names: list[str]) -> str:
-    ok = [r for r in rows if r["status"] == STATUS_OK]
     body = []
     for name in names:
         f = FIGURES[name]
-        values = np.array([float(r[name]) for r in ok if inspection.is_finite(r.get(name))])
+        values = np.array(inspection.ok_values(rows, name))
         if not values.size:
             continue
         worst = values.max() if f.worse == "high" else values.min()
@@ -248,7 +247,7 @@ def _histograms_html(rows: list[Mapping[str, Any]], names: list[str]) -> str:
     cards = []
     for name in names:
         f = FIGURES[name]
-        values = [float(r[name]) for r in ok if inspection.is_finite(r.get(name))]
+        values = inspection.ok_values(ok, name)
         if not values:
             continue
         missing = len(ok) - len(values)

@@ -318,7 +318,7 @@ class LabelStore:
         path = f"{self.root}/{ROWS}/{index:08d}.json"
         self.fs.makedirs(f"{self.root}/{ROWS}", exist_ok=True)
         with self.fs.open(path + ".tmp", "w") as f:
-            json.dump(_jsonable(row), f)
+            json.dump(jsonable(row), f)
         self.fs.mv(path + ".tmp", path)
 
     # ------------------------------------------------------------------ manifest
@@ -403,12 +403,12 @@ def _manifest_table(rows: list[Mapping[str, Any]]) -> pa.Table:
     return pa.table({k: [r.get(k) for r in rows] for k in (*MANIFEST_BASE_COLUMNS, *extra)})
 
 
-def _jsonable(value: Any) -> Any:
-    """Row values as JSON: numpy scalars and arrays to Python, non-finite floats to None."""
+def jsonable(value: Any) -> Any:
+    """`value` for `json.dumps`: numpy scalars and arrays to Python, non-finite floats to None."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | np.ndarray):
-        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+        return [jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
