@@ -1,51 +1,277 @@
-"""`make bench-labels`: the label pipeline against its teacher, and its scaling with workers.
+"""`make bench-labels`: what the label pipeline costs around its teachers, for every task and
+label size, how long a run takes to start, and how it keeps up with a real-sized teacher.
 
-Inputs: synthetic 2048x1024 panoramas, the default layout (20 icosahedron patches of
-518x518), labels at 512 rows. The depth teacher is a randomly initialised Depth Anything V2
-of the Small size (DINOv2-S/14 backbone and DPT head of the real checkpoint, so the same
-compute), saved and loaded through `hf:` like a real one; no semantic or normals teacher.
+Inputs: synthetic 2048x1024 panoramas, the default layout (20 icosahedron patches of 518x518).
+Printed, all measured in this run, on this machine:
 
-Printed, all measured in this run:
-1. per-stage time per panorama (medians over the panoramas, from the store's manifest);
-2. the teacher's own forward-pass throughput on the same patches (the same teacher object,
-   same batches), and the pipeline's throughput in one process using all cores, and their
-   ratio (target >= 0.9 on CPU);
-3. the pipeline's throughput through Ray with 1 and 2 workers of one torch thread each
-   (target: 2 workers >= 1.7x one).
-Throughputs are steady-state, from the times the workers finished each panorama: the
-panoramas after each worker's first one, over the time from the last of those first ones to
-the last one, so start-up (Ray, model loading, the layout's correspondences) is not counted.
+1. Non-teacher cost per panorama, with no-cost teachers (`benchmarks.free_teachers`: depth,
+   normals, and 150-class semantic probabilities at a quarter of the patch size, as
+   Mask2Former gives them), one process, all cores, through `run_labels` as `--in-process`
+   runs it: per-stage medians from the rows (decode, sample, fuse and its share per task,
+   quality figures, write), at labels 512x1024 and 1024x2048 (also at FoV 90°), for depth
+   alone, depth and normals, and all three tasks (also with geometric normals). The reference is pyequilib's `pers2equi`
+   re-projecting the same 20 RGB patches to the same label size, run after every panorama
+   (interleaved), median. Targets: the non-teacher total at most 0.35x `pers2equi`; semantic
+   fusion at most 2x depth fusion. The first call of a run is left out (it also computes how
+   teacher maps of a new resolution are read).
+2. Start-up of `mtpano labels` with Ray and one worker, as a user runs it: process start to
+   the first panorama's row, against `ray.init` alone (in another process); target: at most
+   10 s more. The pieces are measured apart: the driver's imports, `ray.init`, the worker's
+   set-up (teachers, the layout's correspondences and seams) and its first call.
+3. A randomly initialised Depth Anything V2 of the Small size (same compute as the real
+   checkpoint), loaded through `hf:`: the pipeline's throughput against the teacher's own
+   forward passes on the same patches (target >= 0.9), and Ray with 2 workers against 1
+   (target >= 1.7x). Steady state, from the times the workers finished each panorama.
+
+`python -m benchmarks.bench_labels [cost] [startup] [teacher]` runs some of the sections.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks.timing import machine, table
 from pipeline.config import LabelConfig, RunOptions
-from pipeline.images import read_panorama
-from pipeline.labeler import STAGES
-from pipeline.run import run_labels
+from pipeline.images import decode_batch, find_panoramas, read_panorama
+from pipeline.labeler import STAGES, PanoramaLabeler
+from pipeline.run import prepare_store, resolve_teachers, run_labels, store_spec
 from pipeline.teachers.base import TeacherCameras
 from pipeline.teachers.registry import load_teacher, resolve
+from spherical.equilib_adapter import _equilib_rotation, _zyx_angles
 from spherical.sampling import erp_to_patches
 from storage.labelstore import LabelStore
 from synthetic.dataset import write_dataset
 
 PANORAMAS = 8
+TEACHER_PANORAMAS = 8
+PANORAMA_HEIGHT = 1024
+FREE = "py:benchmarks.free_teachers:"
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+NON_TEACHER = ("decode", "sample", "fuse", "figures", "write")
 
 
+@dataclass(frozen=True)
+class Case:
+    """One configuration of the non-teacher cost section."""
+
+    erp_height: int
+    fov_deg: float | None
+    tasks: tuple[str, ...]
+    geometric_normals: bool = False  # normals from the depth teacher's patches instead of their own teacher
+
+    @property
+    def name(self) -> str:
+        fov = f", FoV {self.fov_deg:g}°" if self.fov_deg else ""
+        return f"{self.erp_height}x{2 * self.erp_height}{fov}"
+
+    @property
+    def task_names(self) -> str:
+        return ", ".join("geometric normals" if t == "normals" and self.geometric_normals else t for t in self.tasks)
+
+    def config(self) -> LabelConfig:
+        specs = {task: (f"{FREE}{task}" if task in self.tasks else "none") for task in ("depth", "semantic", "normals")}
+        if self.geometric_normals:
+            specs["normals"] = "geometric"
+        return LabelConfig(
+            depth_teacher=specs["depth"],
+            semantic_teacher=specs["semantic"],
+            normal_teacher=specs["normals"],
+            erp_height=self.erp_height,
+            fov_deg=self.fov_deg,
+        )
+
+
+CASES = (
+    Case(512, None, ("depth",)),
+    Case(512, None, ("depth", "normals")),
+    Case(512, None, ("depth", "semantic", "normals")),
+    Case(512, None, ("depth", "semantic", "normals"), geometric_normals=True),
+    Case(1024, None, ("depth", "semantic", "normals")),
+    Case(1024, 90.0, ("depth", "normals")),
+    Case(1024, 90.0, ("depth", "semantic", "normals")),
+)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------- 1. non-teacher cost
+def pers2equi_timer(config: LabelConfig, source: str):
+    """A function that re-projects the 20 RGB patches of `source` to the label size with
+    pyequilib's `pers2equi` and returns the seconds it took."""
+    from equilib import pers2equi
+
+    cameras = config.patch_layout().cameras(config.patch_size)
+    image = torch.from_numpy(read_panorama(source)).permute(2, 0, 1)[None]  # (H,W,3) -> (1,3,H,W)
+    patches = erp_to_patches(image, cameras)[0].contiguous()  # (P,3,h,w)
+    rotations = _zyx_angles(_equilib_rotation(cameras).transpose(1, 2))
+    H, fov = config.erp_height, float(cameras.fov_x_deg[0])
+
+    def run() -> float:
+        began = time.perf_counter()
+        pers2equi(patches, rotations, H, 2 * H, fov, z_down=True, clip_output=False)
+        return time.perf_counter() - began
+
+    return run
+
+
+def non_teacher_cost(data: Path, root: Path, case: Case) -> dict[str, float]:
+    """Median seconds per panorama of every stage (and per task of fusion), the non-teacher
+    total, and `pers2equi` interleaved with the panoramas."""
+    config = case.config()
+    sources = sorted(str(p) for p in data.glob("*.png"))
+    reference = pers2equi_timer(config, sources[0])
+    reference_seconds: list[float] = []
+    options = RunOptions(in_process=True)
+    summary = run_labels(
+        str(data), str(root / f"cost-{case.name}-{case.task_names}"), config, options,
+        on_result=lambda _: reference_seconds.append(reference()),
+    )  # fmt: skip
+    assert summary.exit_code == 0, summary.failed
+    rows = sorted(LabelStore.open(summary.store).rows(), key=lambda r: r["index"])[options.panoramas_per_call :]
+    out = {stage: median([r[f"t_{stage}"] for r in rows]) for stage in STAGES}
+    for task in case.tasks:
+        out[f"fuse_{task}"] = median([r[f"t_fuse_{task}"] for r in rows])
+    out["non_teacher"] = median([sum(r[f"t_{s}"] for s in NON_TEACHER) for r in rows])
+    out["pers2equi"] = median(reference_seconds[options.panoramas_per_call :])
+    return out
+
+
+def cost_section(data: Path, root: Path) -> None:
+    threads = torch.get_num_threads()
+    print(f"## non-teacher cost per panorama (one process, {threads} torch threads; medians, seconds)")
+    print()
+    rows = []
+    for case in CASES:
+        load = os.getloadavg()[0]
+        r = non_teacher_cost(data, root, case)
+        per_task = " / ".join(
+            f"{r[f'fuse_{t}']:.3f}" if t in case.tasks else "-" for t in ("depth", "semantic", "normals")
+        )
+        rows.append(
+            (
+                case.name,
+                case.task_names,
+                *(f"{r[s]:.3f}" for s in ("decode", "sample", "fuse")),
+                per_task,
+                *(f"{r[s]:.3f}" for s in ("figures", "write", "non_teacher", "pers2equi")),
+                f"{r['non_teacher'] / r['pers2equi']:.2f}",
+                f"{load:.1f}",
+            )
+        )
+        print(f"  {case.name} {case.task_names}: done", file=sys.stderr)
+    header = (
+        "labels", "tasks", "decode", "sample", "fuse", "fuse depth / semantic / normals", "figures", "write",
+        "non-teacher", "pers2equi", "ratio", "load",
+    )  # fmt: skip
+    print(table(rows, header))
+    print()
+    print("ratio: non-teacher total / pers2equi on the same 20 patches to the same label size (target <= 0.35);")
+    print("load: the machine's 1-minute load average when the case started.")
+
+
+# ---------------------------------------------------------------------- 2. start-up
+RAY_INIT = """
+import logging, time
+import ray
+began = time.perf_counter()
+ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR)
+print(time.perf_counter() - began)
+"""
+
+IMPORTS = """
+import time
+began = time.perf_counter()
+import pipeline.run
+print(time.perf_counter() - began)
+"""
+
+
+def _python(code: str) -> float:
+    """Run `code` in a fresh interpreter; its last printed number."""
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True)
+    return float(run.stdout.split()[-1])
+
+
+def first_row_seconds(data: Path, out: Path) -> float:
+    """Seconds from starting `mtpano labels` (Ray, one worker) to its first row file."""
+    shutil.rmtree(out, ignore_errors=True)
+    exe = Path(sys.executable).with_name("mtpano")
+    teachers = [f"--{t}-teacher" if t != "normals" else "--normal-teacher" for t in ("depth", "semantic", "normals")]
+    specs = [f"{FREE}{t}" for t in ("depth", "semantic", "normals")]
+    args = [a for pair in zip(teachers, specs, strict=True) for a in pair]
+    began = time.perf_counter()
+    proc = subprocess.Popen([str(exe), "labels", str(data), "--out", str(out), "--workers", "1", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    first = float("nan")
+    while proc.poll() is None:
+        if first != first and any((out / "rows").glob("*.json")):
+            first = time.perf_counter() - began
+        time.sleep(0.02)
+    assert proc.returncode == 0, f"mtpano labels exited with {proc.returncode}"
+    return first
+
+
+def worker_setup_seconds(data: Path, root: Path) -> tuple[float, float]:
+    """Seconds to build a worker (teachers, the layout's correspondences and seams) and of its
+    first call (two panoramas), in this process."""
+    config = LabelConfig(
+        depth_teacher=f"{FREE}depth", semantic_teacher=f"{FREE}semantic", normal_teacher=f"{FREE}normals"
+    )
+    teachers = resolve_teachers(config)
+    found = find_panoramas(str(data))
+    store = prepare_store(str(root / "setup"), store_spec(config, teachers), found, True, {})
+    began = time.perf_counter()
+    labeler = PanoramaLabeler(store.url, config, teachers)
+    setup = time.perf_counter() - began
+    batch = {
+        "index": np.array([0, 1], np.int64),
+        "pano_id": np.array([p for p, _ in found[:2]], dtype=object),
+        "source": np.array([s for _, s in found[:2]], dtype=object),
+    }
+    began = time.perf_counter()
+    labeler(decode_batch(batch))
+    return setup, time.perf_counter() - began
+
+
+def startup_section(data: Path, root: Path) -> None:
+    first = first_row_seconds(data, root / "startup")
+    ray_init = _python(RAY_INIT)
+    imports = _python(IMPORTS)
+    setup, call = worker_setup_seconds(data, root)
+    rest = first - ray_init - imports - setup - call
+    print("## start-up: `mtpano labels` with Ray and 1 worker, all three no-cost teachers, labels 512x1024")
+    print()
+    rows = [
+        ("process start to the first panorama's row", f"{first:.1f}"),
+        ("ray.init alone (another process)", f"{ray_init:.1f}"),
+        ("beyond ray.init (target <= 10 s)", f"{first - ray_init:.1f}"),
+        ("  the driver's imports", f"{imports:.1f}"),
+        ("  the worker's set-up: teachers, correspondences, seams", f"{setup:.1f}"),
+        ("  the worker's first call: 2 panoramas decoded, labelled, written", f"{call:.1f}"),
+        ("  the rest: Ray scheduling, the worker's process and imports", f"{rest:.1f}"),
+    ]
+    print(table(rows, ("", "seconds")))
+
+
+# ---------------------------------------------------------------------- 3. a real-sized teacher
 def save_depth_anything_small(directory: Path) -> Path:
     """Depth-Anything-V2-Small's architecture (config of depth-anything/Depth-Anything-V2-Small-hf),
     randomly initialised."""
-    import json
-
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
     torch.manual_seed(0)
@@ -107,11 +333,10 @@ def pipeline_run(data: Path, out: Path, config: LabelConfig, options: RunOptions
     return steady_rate(store, options.workers or 1), store
 
 
-def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="bench-labels-"))
+def teacher_section(root: Path) -> None:
     model = save_depth_anything_small(root / "depth-anything-v2-small-random")
-    data = root / "data"
-    write_dataset(data, list(range(PANORAMAS)), height=1024)
+    data = root / "teacher-data"
+    write_dataset(data, list(range(TEACHER_PANORAMAS)), height=PANORAMA_HEIGHT)
     config = LabelConfig(depth_teacher=f"hf:{model}", semantic_teacher="none", normal_teacher="none")
     sources = sorted(str(p) for p in (data / "images").glob("*.png"))
     threads = torch.get_num_threads()
@@ -121,21 +346,19 @@ def main() -> None:
         data / "images", root / "in-process", config, RunOptions(in_process=True, panoramas_per_call=1)
     )
     rows = store.rows()
-    stage_rows = []
     total = statistics.median(sum(r[f"t_{s}"] for s in STAGES) for r in rows)
+    stage_rows = []
     for stage in STAGES:
         seconds = statistics.median(r[f"t_{stage}"] for r in rows)
         stage_rows.append((stage, f"{seconds:.3f}", f"{100 * seconds / total:.1f}%"))
     stage_rows.append(("total", f"{total:.3f}", "100%"))
-
     ray_rates = {}
     for workers in (1, 2):
         options = RunOptions(workers=workers, threads_per_worker=1, panoramas_per_call=1)
         ray_rates[workers], _ = pipeline_run(data / "images", root / f"ray-{workers}", config, options)
 
-    print(f"bench-labels: {PANORAMAS} synthetic panoramas 2048x1024, 20 patches 518x518, labels 1024x512,")
-    print("depth teacher: Depth Anything V2 Small architecture, random weights, fp32")
-    print(f"machine: {machine()}")
+    print(f"## a real-sized teacher: Depth Anything V2 Small architecture, random weights, fp32; {TEACHER_PANORAMAS}")
+    print("panoramas, depth only, labels 512x1024")
     print()
     print(f"per-stage time per panorama (one process, {threads} threads; medians)")
     print(table(stage_rows, ("stage", "seconds", "share")))
@@ -159,6 +382,25 @@ def main() -> None:
             ("throughput", "panoramas/s", "speed-up"),
         )
     )
+
+
+def main() -> None:
+    sections = sys.argv[1:] or ["cost", "startup", "teacher"]
+    root = Path(tempfile.mkdtemp(prefix="bench-labels-"))
+    print(f"bench-labels: synthetic {2 * PANORAMA_HEIGHT}x{PANORAMA_HEIGHT} panoramas, 20 icosahedron patches 518x518")
+    print(f"machine: {machine()}")
+    print()
+    data = root / "data"
+    if "cost" in sections or "startup" in sections:
+        write_dataset(data, list(range(PANORAMAS)), height=PANORAMA_HEIGHT)
+    if "cost" in sections:
+        cost_section(data / "images", root)
+        print()
+    if "startup" in sections:
+        startup_section(data / "images", root)
+        print()
+    if "teacher" in sections:
+        teacher_section(root)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import torch
 
-from benchmarks.timing import interleaved_median_times, machine, table
+from benchmarks.timing import interleaved_median_times, machine, peak_bytes, table
 from model import PRESETS, BridgeNet, BridgeNetConfig
 
 HEIGHT = 512
@@ -63,31 +63,6 @@ def parameter_counts(config: BridgeNetConfig) -> dict[str, int]:
         "neck": count(model.neck),
         "decoders": count(model.decoders),
     }
-
-
-def _status_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM), KiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field} field")
-
-
-def _peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Memory one call of `fn` needs above what is allocated before it (see the module docstring)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # VmHWM := VmRSS
-    fn()
-    return (_status_kib("VmHWM") - before) * 1024
 
 
 def _passes(model: BridgeNet, images: torch.Tensor) -> dict[str, Callable[[], None]]:
@@ -124,7 +99,7 @@ def measure_peak(preset: str, variant: str, mode: str, device_name: str) -> floa
     """Peak memory (MiB) of the first `mode` pass; meant to run in a fresh process."""
     device = torch.device(device_name)
     pass_fn = _passes(*_setup(preset, variant, device))[mode]
-    return _peak_bytes(pass_fn, device) / MIB
+    return peak_bytes(pass_fn, device) / MIB
 
 
 def measure_times(preset: str, device_name: str) -> dict[tuple[str, str], float]:

@@ -43,6 +43,37 @@ def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int,
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), KiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} field")
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Memory one call of `fn` needs above what is allocated before it.
+
+    CUDA: `max_memory_allocated` during the call minus the allocation before it. CPU (Linux):
+    the resident-set high-water mark is reset to the current resident set (writing 5 to
+    /proc/self/clear_refs), and the peak is the high-water mark after the call (VmHWM) minus
+    the resident set before it (VmRSS). `resource.getrusage(...).ru_maxrss` cannot be reset.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    before = status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # VmHWM := VmRSS
+    fn()
+    return (status_kib("VmHWM") - before) * 1024
+
+
 def machine() -> str:
     """One line describing where the benchmark ran."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

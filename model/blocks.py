@@ -109,7 +109,7 @@ class ErpTokenMixer(nn.Module):
         dense = self.dense(x)
         if self.wide is None:
             return dense
-        return torch.lerp(dense, self.wide(x), pole_weight)
+        return torch.lerp(dense, self.wide(x), pole_weight.to(dense.dtype))  # autocast: the convs may be bf16
 
 
 class GeometryFiLM(nn.Module):

@@ -7,10 +7,16 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from mtpano import __version__
+from mtpano.commands.data import import_store
+from mtpano.commands.evaluation import compare, evaluate
+from mtpano.commands.experiment import experiment
+from mtpano.commands.prediction import predict
+from mtpano.commands.training import train
+from mtpano.terminal import PanoramaProgress, console, fail, stdout_console
+from mtpano.terminal import progress as _progress
 
 app = typer.Typer(
     help="Label-free multi-task panoramic scene understanding: pseudo-labels for 360° "
@@ -18,7 +24,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -34,17 +39,6 @@ def main(
     ] = False,
 ) -> None:
     """mtpano command line."""
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-    )
 
 
 @app.command()
@@ -120,7 +114,6 @@ def labels(
     Exit code 0 when every panorama is labelled, 3 when some failed (listed at the end),
     2 for usage errors. Running the same command again resumes: done panoramas are skipped.
     """
-    import time
 
     from pipeline.config import LabelConfig, RunOptions
     from pipeline.run import UsageError, run_labels
@@ -150,30 +143,13 @@ def labels(
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--layout") from None
 
-    progress = _progress()
-    state: dict = {}
-
-    def on_start(todo: int, done: int) -> None:
-        if done:
-            console.print(f"resuming: {done} panoramas already labelled, {todo} to go")
-        state["start"] = time.perf_counter()
-        state["task"] = progress.add_task("labelling", total=todo, rate="")
-        progress.start()
-
-    def on_result(result: dict) -> None:
-        if result["status"] != "ok":
-            progress.console.print(f"[red]failed[/red] {result['pano_id']}: {result['error']}")
-        done = progress.tasks[0].completed + 1
-        rate = done / max(time.perf_counter() - state["start"], 1e-9)
-        progress.update(state["task"], advance=1, rate=f"{rate:.2f} pano/s")
-
+    bars = PanoramaProgress("labelling", "labelled")
     try:
-        summary = run_labels(data, out, config, options, on_start=on_start, on_result=on_result)
+        summary = run_labels(data, out, config, options, on_start=bars.on_start, on_result=bars.on_result)
     except UsageError as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(str(err))
     finally:
-        progress.stop()
+        bars.stop()
     rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
     console.print(
         f"{summary.total} panoramas in {out}: {summary.total - len(summary.failed)} ok, {len(summary.failed)} failed "
@@ -181,10 +157,7 @@ def labels(
         f"{summary.done_before} were done before)",
         soft_wrap=True,
     )
-    if summary.failed:
-        console.print("failed panoramas:")
-        for pano_id, error in summary.failed:
-            console.print(f"  {pano_id}: {error}", soft_wrap=True, markup=False)
+    bars.print_failed(summary.failed)
     raise typer.Exit(summary.exit_code)
 
 
@@ -327,23 +300,17 @@ def inspect(
     _print_table(label_store, ranked, facts, columns, sort_figure if sort is not None or worst is not None else None)
 
 
-def _stdout_console() -> Console:
-    """Standard output; as wide as the terminal, or wide enough for any table when piped."""
-    out = Console()
-    return out if out.is_terminal else Console(width=250)
-
-
 def _print_table(store, rows: list, facts: dict, columns: list[str] | None, sort_figure: str | None) -> None:
     from rich.table import Table
 
     from mtpano import inspection
     from pipeline.quality import FIGURES
 
-    out = _stdout_console()
+    out = stdout_console()
     columns = columns or inspection.default_columns(store.spec, rows)
     if sort_figure is not None and sort_figure not in columns:
         columns = [sort_figure, *columns]
-    title = f"{store.url}" + (f" · worst first by {sort_figure}" if sort_figure else "")
+    title = f"{store.url} · {store.spec.kind}" + (f" · worst first by {sort_figure}" if sort_figure else "")
     table = Table(title=title, title_justify="left")
     table.add_column("pano_id", overflow="fold")
     table.add_column("status")
@@ -366,6 +333,7 @@ def _inspect_one(store, pano_id, as_json, recompute, preview, gt_dir, per_task, 
     from mtpano import inspection
     from pipeline import quality
     from pipeline.quality import FIGURES
+    from storage import groundtruth
     from storage.labelstore import jsonable
 
     rows = inspection.load_figures(store)
@@ -375,7 +343,7 @@ def _inspect_one(store, pano_id, as_json, recompute, preview, gt_dir, per_task, 
         console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(2) from None
     index = int(row["index"])
-    files = quality.ground_truth_files(gt_dir, row["pano_id"]) if gt_dir is not None else {}
+    files = groundtruth.ground_truth_files(gt_dir, row["pano_id"]) if gt_dir is not None else {}
     files.update({task: path for task, path in per_task.items() if path is not None})
     missing = [str(p) for p in files.values() if not Path(p).is_file()]
     if missing:
@@ -394,12 +362,12 @@ def _inspect_one(store, pano_id, as_json, recompute, preview, gt_dir, per_task, 
     gt_maps = None
     if needs_arrays:
         arrays = store.read(index, ["rgb", *inspection.label_arrays(store.spec)])
-        seams = quality.SeamGeometry.for_store(store.spec)
+        seams = inspection.store_seams(store.spec)
         if recompute:
             row.update(quality.array_figures(store.spec, arrays, seams))
         if files:
             try:
-                gt_maps = quality.read_ground_truth(files, store.spec.erp_height)
+                gt_maps = groundtruth.read_ground_truth(files, store.spec.erp_height)
             except (OSError, ValueError) as err:
                 console.print(f"[red]error:[/red] {err}", soft_wrap=True)
                 raise typer.Exit(2) from None
@@ -417,9 +385,10 @@ def _inspect_one(store, pano_id, as_json, recompute, preview, gt_dir, per_task, 
     if as_json:
         typer.echo(json.dumps(jsonable(row), indent=1))
         return
-    out = _stdout_console()
+    out = stdout_console()
     out.print(
-        f"[bold]{row['pano_id']}[/bold] (index {index}) · {row['status']} · source {row['source']}", soft_wrap=True
+        f"[bold]{row['pano_id']}[/bold] (index {index}) · {row['status']} · {store.spec.kind} · source {row['source']}",
+        soft_wrap=True,
     )
     if row.get("error"):
         out.print(f"error: {row['error']}", soft_wrap=True, markup=False)
@@ -439,34 +408,54 @@ def _inspect_one(store, pano_id, as_json, recompute, preview, gt_dir, per_task, 
 
 @app.command()
 def report(
-    store: Annotated[str, typer.Argument(help="Label store: a path or fsspec URL.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write index.html, thumbs/ and previews/ into.")],
+    store: Annotated[
+        str,
+        typer.Argument(
+            metavar="STORE|RUN",
+            help="Label store (a path or fsspec URL), or a training run folder (it holds train_config.json).",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write index.html and its images into.")],
     sort: Annotated[
-        str | None, typer.Option(help="Figure that ranks the worst panoramas (default min_confidence).")
+        str | None,
+        typer.Option(
+            help="Figure that ranks the worst panoramas (store: default min_confidence; run: a validation "
+            "figure, default the run's best metric)."
+        ),
     ] = None,
-    worst: Annotated[int, typer.Option(min=0, help="Worst panoramas shown with a thumbnail and a preview.")] = 12,
+    worst: Annotated[
+        int, typer.Option(min=0, help="Worst panoramas drawn (run: 0 draws the curves without predicting).")
+    ] = 12,
     gt: Annotated[
-        Path | None, typer.Option(help="Ground-truth folder (mtpano synth's gt/ format): adds GT metrics.")
+        Path | None, typer.Option(help="Store only: ground-truth folder (mtpano synth's gt/ format), GT metrics.")
     ] = None,
     recompute: Annotated[
-        bool, typer.Option(help="Recompute the figures the arrays determine instead of reading the manifest.")
+        bool, typer.Option(help="Store only: recompute the figures the arrays determine instead of the manifest's.")
     ] = False,
     table_limit: Annotated[int, typer.Option(min=1, help="Most panoramas in the page's table (the worst).")] = 1000,
     panel_height: Annotated[int, typer.Option(min=32, help="Height of each preview panel in pixels.")] = 256,
 ) -> None:
-    """Write a static HTML quality report of a label store into a folder.
+    """Write a static HTML report of a label store or of a training run into a folder.
 
-    DIR/index.html: summary, the distribution of every figure, the worst panoramas (by --sort) with
-    thumbnails linking to their previews, and a sortable table.
+    STORE: summary, the distribution of every figure, the worst panoramas (by --sort) with
+    thumbnails linking to their previews, and a sortable table. Figures: docs/quality.md.
 
-    It needs no server and no network: open it in any browser. Figures: docs/quality.md.
+    RUN: summary, loss curves per task, validation figures over the steps (best step marked),
+    learning rate, samples/s and data wait, and the worst validation panoramas as the run's best
+    model predicts them, next to their labels (docs/training.md).
+
+    It needs no server and no network: open DIR/index.html in any browser.
     """
     from mtpano.report import write_report
+    from mtpano.run_report import RunReportError, is_run_folder, write_run_report
 
-    sort_figure = _check_figure(sort)
+    run = is_run_folder(store)
+    if run and (gt is not None or recompute):
+        raise typer.BadParameter("--gt and --recompute apply to a label store, not to a run", param_hint="--gt")
+    sort_figure = None if run else _check_figure(sort)
     if gt is not None and not gt.is_dir():
         raise typer.BadParameter(f"{gt} is not a folder", param_hint="--gt")
-    label_store = _open_store(store)
+    label_store = None if run else _open_store(store)
     progress = _progress()
     bars: dict = {}
 
@@ -477,11 +466,24 @@ def report(
         progress.update(bars[stage], completed=done)
 
     try:
-        files = write_report(
-            label_store, out, sort_figure, worst, gt, recompute, table_limit, panel_height, on_progress
-        )
+        if run:
+            run_files = write_run_report(store, out, sort, worst, table_limit, panel_height, on_progress)
+        else:
+            files = write_report(
+                label_store, out, sort_figure, worst, gt, recompute, table_limit, panel_height, on_progress
+            )
+    except RunReportError as err:
+        fail(str(err))
     finally:
         progress.stop()
+    if run:
+        drawn = f"the {len(run_files.worst)} worst of {len(run_files.rows)} validation panoramas by {run_files.metric}"
+        console.print(
+            f"wrote {run_files.index}: {run_files.train_records} logged steps, {run_files.val_records} validations, "
+            + (drawn if run_files.rows else "no validation panoramas drawn"),
+            soft_wrap=True,
+        )
+        return
     console.print(
         f"wrote {files.index} with {len(files.thumbnails)} thumbnails and previews of the worst panoramas "
         f"by {sort_figure}",
@@ -514,16 +516,25 @@ def verify(
     counts = ", ".join(f"{n} {status}" for status, n in result.statuses.items())
     if result.clean:
         console.print(
-            f"{store}: clean ({result.rows} panoramas: {counts}; {result.ok_rows_read} ok rows read)", soft_wrap=True
+            f"{store} ({result.kind}): clean ({result.rows} panoramas: {counts}; {result.ok_rows_read} ok rows read)",
+            soft_wrap=True,
         )
         raise typer.Exit(0)
     console.print(
-        f"{store}: {len(result.problems)} problems in {result.bad_panoramas} panoramas"
+        f"{store} ({result.kind}): {len(result.problems)} problems in {result.bad_panoramas} panoramas"
         f" ({result.rows} panoramas: {counts})",
         soft_wrap=True,
     )
     raise typer.Exit(1)
 
+
+# Commands defined in mtpano/commands/ are registered here, below the ones above.
+app.command("import")(import_store)
+app.command()(train)
+app.command()(evaluate)
+app.command()(predict)
+app.command()(compare)
+app.command()(experiment)
 
 if __name__ == "__main__":
     app()

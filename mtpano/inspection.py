@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline import quality
 from pipeline.quality import FIGURES, SeamGeometry
+from storage import groundtruth
 from storage.labelstore import (
     LABEL_TASKS,
     STATUS_FAILED,
@@ -34,6 +35,12 @@ def label_arrays(spec: StoreSpec) -> list[str]:
     return [*spec.tasks, *(f"{t}_confidence" for t in spec.tasks)]
 
 
+def store_seams(spec: StoreSpec) -> SeamGeometry | None:
+    """The seams of a store's patch layout; None for a store without one (ground truth,
+    predictions), which has no seam figures, seam panel or footprints."""
+    return SeamGeometry.for_store(spec) if spec.has_layout else None
+
+
 def load_figures(
     store: LabelStore,
     recompute: bool = False,
@@ -47,23 +54,23 @@ def load_figures(
         recompute: replace the figures the arrays determine (coverage, confidence, seams,
             class histogram) by values recomputed from the stored arrays of every `ok` row.
         gt_dir: a folder of ground truth in `mtpano synth`'s gt/ format: adds the GT metrics
-            of every `ok` row that has ground-truth files (`quality.ground_truth_files`).
+            of every `ok` row that has ground-truth files (`storage.groundtruth.ground_truth_files`).
         on_progress: called with (done, total) while arrays are read.
         indices: recompute / compare with ground truth only these panoramas (None: all).
     """
     rows = [dict(r) for r in store.rows()]
     if recompute or gt_dir is not None:
-        seams = SeamGeometry.for_store(store.spec) if recompute else None
+        seams = store_seams(store.spec) if recompute else None
         names = label_arrays(store.spec)
         todo = [r for r in rows if r["status"] == STATUS_OK and (indices is None or int(r["index"]) in indices)]
         for done, row in enumerate(todo, 1):
-            files = quality.ground_truth_files(gt_dir, row["pano_id"]) if gt_dir is not None else {}
-            if seams is not None or files:
+            files = groundtruth.ground_truth_files(gt_dir, row["pano_id"]) if gt_dir is not None else {}
+            if recompute or files:
                 arrays = store.read(int(row["index"]), names)
-                if seams is not None:
+                if recompute:
                     row.update(quality.array_figures(store.spec, arrays, seams))
                 if files:
-                    gt = quality.read_ground_truth(files, store.spec.erp_height)
+                    gt = groundtruth.read_ground_truth(files, store.spec.erp_height)
                     row.update(quality.gt_figures(store.spec, arrays, gt))
             if on_progress is not None:
                 on_progress(done, len(todo))
@@ -138,6 +145,8 @@ def summary(store: LabelStore, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     means = {name: float(np.mean(ok_values(rows, name))) for name in present}
     return {
         "store": store.url,
+        "kind": spec.kind,
+        "source": spec.source,
         "panoramas": len(rows),
         **counts,
         "teachers": {t: _teacher_name(info) for t, info in spec.teachers.items()},
@@ -174,13 +183,32 @@ def summary_line(facts: Mapping[str, Any]) -> str:
     w, h = facts["label_size"]
     parts = [
         f"{facts['panoramas']} panoramas: {facts['ok']} ok, {facts['failed']} failed, {facts['pending']} pending",
-        f"teachers: {teachers}",
-        f"layout {facts['layout']} ({facts['patches']} patches of {facts['patch_size']} px, FoV {fov}°)",
-        f"labels {w}x{h}" + (f" {facts['depth_kind']}" if facts["depth_kind"] else ""),
+        f"kind {describe_kind(facts['kind'], facts['source'])}",
     ]
+    if facts["layout"]:
+        parts += [
+            f"teachers: {teachers}",
+            f"layout {facts['layout']} ({facts['patches']} patches of {facts['patch_size']} px, FoV {fov}°)",
+        ]
+    parts.append(f"labels {w}x{h}" + (f" {facts['depth_kind']}" if facts["depth_kind"] else ""))
     if means:
         parts.append("mean " + ", ".join(means))
     return " · ".join(parts)
+
+
+def describe_kind(kind: str, source: Mapping[str, Any]) -> str:
+    """A store's kind and origin in a few words, e.g. "ground_truth (synth from /data/rooms, split val)"."""
+    if not source:
+        return kind
+    what = [str(source[k]) for k in ("format", "model") if source.get(k)]
+    if source.get("path"):
+        what.append(f"from {source['path']}")
+    parts = [" ".join(what)] if what else []
+    if source.get("split"):
+        parts.append(f"split {source['split']}")
+    if source.get("step") is not None:
+        parts.append(f"step {source['step']}")
+    return f"{kind} ({', '.join(parts)})" if parts else kind
 
 
 def find_panorama(rows: list[Mapping[str, Any]], pano_id: str) -> Mapping[str, Any]:

@@ -5,7 +5,8 @@ near = red, with a scale bar); semantic classes (ADE20K palette, with a legend o
 classes present); normals (RGB = (n + 1) / 2, world frame); the patch layout (each pixel
 tinted by its central patch, the patches' footprint borders in white: the seams of
 docs/quality.md); each task's confidence (viridis, 0 to 1); and with ground truth, each
-task's error map with its metrics in the title. Every panel's label image is 2P x P pixels
+task's error map with its metrics in the title. Stores without a patch layout (ground
+truth, predictions) have no patch panel. Every panel's label image is 2P x P pixels
 (P = `panel_height`), with a title bar above and a side strip for its legend or scale bar;
 `preview_layout` gives the boxes, so a test (or a script) can find each panel.
 
@@ -53,12 +54,13 @@ class Panel:
 
 
 def panel_names(spec: StoreSpec, gt_tasks: tuple[str, ...] = ()) -> list[str]:
-    """The panels of a store's preview, in order ("<task>_error" only for tasks with ground truth)."""
+    """The panels of a store's preview, in order ("<task>_error" only for tasks with ground truth,
+    "patches" only for stores with a patch layout)."""
     tasks = [t for t in ("depth", "semantic", "normals") if t in spec.tasks]
     return [
         "panorama",
         *tasks,
-        "patches",
+        *(["patches"] if spec.has_layout else []),
         *(f"{t}_confidence" for t in tasks),
         *(f"{t}_error" for t in tasks if t in gt_tasks),
     ]
@@ -256,7 +258,7 @@ def render_preview(
     spec: StoreSpec,
     row: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray],
-    seams: SeamGeometry,
+    seams: SeamGeometry | None,
     gt: Mapping[str, np.ndarray] | None = None,
     panel_height: int = 256,
 ) -> tuple[np.ndarray, list[Panel]]:
@@ -265,8 +267,8 @@ def render_preview(
     Args:
         row: its manifest row (figures for the header line).
         arrays: its stored arrays (`rgb` and the label arrays).
-        seams: the store's `SeamGeometry`.
-        gt: ground truth on the label grid (`quality.read_ground_truth`), or None.
+        seams: the store's `SeamGeometry`; None for a store without a patch layout.
+        gt: ground truth on the label grid (`storage.groundtruth.read_ground_truth`), or None.
         panel_height: P, the height of every panel's label image (its width is 2P).
     Returns:
         (H,W,3) uint8 RGB image and its panels (`preview_layout`).
@@ -280,7 +282,8 @@ def render_preview(
         cells["semantic"] = _semantic_cell(spec, arrays["semantic"], panel_height)
     if "normals" in spec.tasks:
         cells["normals"] = _normals_cell(arrays["normals"], panel_height)
-    cells["patches"] = _patches_cell(spec, rgb, seams, panel_height)
+    if seams is not None:
+        cells["patches"] = _patches_cell(spec, rgb, seams, panel_height)
     for task in spec.tasks:
         cells[f"{task}_confidence"] = _confidence_cell(task, arrays[f"{task}_confidence"], panel_height)
     errors = quality.error_maps(spec, arrays, gt)
@@ -301,9 +304,10 @@ def render_preview(
 
 
 def _header(spec: StoreSpec, row: Mapping[str, Any]) -> str:
-    parts = [f"{row['pano_id']} [{row['status']}]", f"labels {spec.erp_width}x{spec.erp_height}"]
+    parts = [f"{row['pano_id']} [{row['status']}]", f"{spec.kind} {spec.erp_width}x{spec.erp_height}"]
     for task in spec.tasks:
         disagreement = "normals_disagreement_deg" if task == "normals" else f"{task}_disagreement"
-        shown = [(n, FIGURES[n]) for n in (f"{task}_coverage", disagreement, f"{task}_seam_error")]
+        names = (f"{task}_coverage", disagreement, f"{task}_seam_error") if spec.has_layout else (f"{task}_coverage",)
+        shown = [(n, FIGURES[n]) for n in names]
         parts.append(f"{task}: " + " ".join(f"{f.header} {f.format(row.get(n))}" for n, f in shown))
     return "   ".join(parts).replace("°", "")

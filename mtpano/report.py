@@ -29,7 +29,8 @@ from mtpano import __version__, inspection
 from mtpano.preview import render_preview
 from mtpano.visualize import colorize_depth, colorize_normals, colorize_semantic, write_rgb
 from pipeline import quality
-from pipeline.quality import DEFAULT_SORT, FIGURES, SeamGeometry
+from pipeline.quality import DEFAULT_SORT, FIGURES
+from storage import groundtruth
 from storage.labelstore import STATUS_FAILED, STATUS_OK, LabelStore
 
 THUMB_HEIGHT = 64  # each of the thumbnail's four panels is 2T x T
@@ -50,24 +51,39 @@ def slug(index: int, pano_id: str) -> str:
     return f"{index:06d}-" + re.sub(r"[^A-Za-z0-9._-]+", "_", pano_id)[-80:]
 
 
+def fit_panel(rgb: np.ndarray, height: int, nearest: bool) -> np.ndarray:
+    """(h,w,3) uint8 image resized to (height, 2 height, 3): nearest for label maps (no mixed
+    classes or colours), area averaging for photos."""
+    return cv2.resize(rgb, (2 * height, height), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
 def thumbnail(arrays: Mapping[str, np.ndarray], tasks: tuple[str, ...]) -> np.ndarray:
     """(2T,4T,3) uint8: the panorama, depth, semantic and normals, two by two (black where a task is absent)."""
-
-    def fit(rgb: np.ndarray, nearest: bool) -> np.ndarray:
-        mode = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-        return cv2.resize(rgb, (2 * THUMB_HEIGHT, THUMB_HEIGHT), interpolation=mode)
-
     blank = np.zeros((THUMB_HEIGHT, 2 * THUMB_HEIGHT, 3), np.uint8)
-    panels = [fit(np.ascontiguousarray(arrays["rgb"].transpose(1, 2, 0)), nearest=False)]  # (3,H,W) -> (H,W,3)
-    panels.append(fit(colorize_depth(arrays["depth"].astype(np.float32)), True) if "depth" in tasks else blank)
-    panels.append(fit(colorize_semantic(arrays["semantic"]), True) if "semantic" in tasks else blank)
-    panels.append(fit(colorize_normals(arrays["normals"].astype(np.float32)), True) if "normals" in tasks else blank)
+    rgb = np.ascontiguousarray(arrays["rgb"].transpose(1, 2, 0))  # (3,H,W) -> (H,W,3)
+    colorize = {
+        "depth": lambda a: colorize_depth(a.astype(np.float32)),
+        "semantic": colorize_semantic,
+        "normals": lambda a: colorize_normals(a.astype(np.float32)),
+    }
+    panels = [fit_panel(rgb, THUMB_HEIGHT, nearest=False)]
+    for task, draw in colorize.items():
+        panels.append(fit_panel(draw(arrays[task]), THUMB_HEIGHT, nearest=True) if task in tasks else blank)
     return np.concatenate((np.concatenate(panels[:2], 1), np.concatenate(panels[2:], 1)), 0)
 
 
 # ---------------------------------------------------------------------- SVG plots
 def _svg_number(value: float) -> str:
     return f"{value:.3g}"
+
+
+def svg_open(width: int, height: int, label: str) -> str:
+    """The opening tag of an inline SVG plot of `width` x `height` CSS pixels, `label` its
+    accessible name (escaped here)."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(label)}">'
+    )
 
 
 def histogram_svg(values: list[float], figure: quality.Figure, width: int = 300, height: int = 150) -> str:
@@ -85,8 +101,7 @@ def histogram_svg(values: list[float], figure: quality.Figure, width: int = 300,
         counts, edges = np.histogram(data, bins=HIST_BINS, range=(lo, hi))
     top_count = max(int(counts.max()), 1)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="histogram of {html.escape(figure.name)}">',
+        svg_open(width, height, f"histogram of {figure.name}"),
         f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" class="axis"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" class="axis"/>',
     ]
@@ -129,10 +144,7 @@ def class_share_svg(names: list[str], shares: list[float], width: int = 620) -> 
     row, left = 18, 150
     height = row * len(names) + 10
     top = max(shares) if shares else 1.0
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="class shares">'
-    ]
+    parts = [svg_open(width, height, "class shares")]
     for k, (name, share) in enumerate(zip(names, shares, strict=True)):
         y = 5 + k * row
         w = (width - left - 60) * share / max(top, 1e-12)
@@ -146,7 +158,8 @@ def class_share_svg(names: list[str], shares: list[float], width: int = 620) -> 
 
 
 # ---------------------------------------------------------------------- page
-_CSS = """
+# The style and script every report page shares (`html_page`).
+PAGE_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #1d1f21;
        background: #fafafa; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; font-size: 1.2em; }
@@ -168,7 +181,7 @@ svg .tick { font-size: 10px; fill: #444; }
 .scroll { overflow-x: auto; max-width: 100%; }
 """
 
-_SCRIPT = """
+PAGE_SCRIPT = """
 (function () {
   function key(cell) {
     var v = cell.getAttribute("data-v");
@@ -205,6 +218,32 @@ _SCRIPT = """
 """
 
 
+def html_page(title: str, body: str, extra_css: str = "") -> str:
+    """A complete self-contained report page: `body` (HTML) under the shared style (plus
+    `extra_css`), then the shared script (sortable tables; `<body data-ready="1">` once the
+    page and its images have loaded, with `data-images` and `data-broken-images` counts)."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="generator" content="mtpano {__version__}">
+<title>{html.escape(title)}</title>
+<style>{PAGE_CSS}{extra_css}</style>
+</head>
+<body data-ready="0">
+{body}
+<script>{PAGE_SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+def facts_table(items: list[tuple[str, str]]) -> str:
+    """A two-column table of (name, text) rows, the text escaped here."""
+    rows = "".join(f'<tr><th class="id">{k}</th><td class="text">{html.escape(str(v))}</td></tr>' for k, v in items)
+    return f'<table class="facts">{rows}</table>'
+
+
 def _cell(figure: quality.Figure, value: Any) -> str:
     v = "" if not inspection.is_finite(value) else repr(float(value))
     return f'<td data-v="{v}">{html.escape(figure.format(value))}</td>'
@@ -216,12 +255,17 @@ def _facts_html(facts: Mapping[str, Any]) -> str:
     items = [
         ("store", facts["store"]),
         ("panoramas", f"{facts['panoramas']} ({facts['ok']} ok, {facts['failed']} failed, {facts['pending']} pending)"),
-        ("teachers", ", ".join(f"{t}: {n}" for t, n in facts["teachers"].items())),
-        ("layout", f"{facts['layout']}: {facts['patches']} patches of {facts['patch_size']} px, FoV {fov}"),
+        ("kind", inspection.describe_kind(facts["kind"], facts["source"])),
+    ]
+    if facts["layout"]:
+        items += [
+            ("teachers", ", ".join(f"{t}: {n}" for t, n in facts["teachers"].items())),
+            ("layout", f"{facts['layout']}: {facts['patches']} patches of {facts['patch_size']} px, FoV {fov}"),
+        ]
+    items += [
         ("labels", f"{w} x {h}" + (f", depth {facts['depth_kind']}" if facts["depth_kind"] else "")),
     ]
-    rows = "".join(f'<tr><th class="id">{k}</th><td class="text">{html.escape(str(v))}</td></tr>' for k, v in items)
-    return f'<table class="facts">{rows}</table>'
+    return facts_table(items)
 
 
 def _figure_stats_html(rows: list[Mapping[str, Any]], names: list[str]) -> str:
@@ -303,12 +347,12 @@ def write_report(
     out = Path(out)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
     (out / "previews").mkdir(parents=True, exist_ok=True)
-    seams = SeamGeometry.for_store(store.spec) if chosen else None
+    seams = inspection.store_seams(store.spec) if chosen else None
     thumbs, previews = [], []
     for done, row in enumerate(chosen, 1):
         arrays = store.read(int(row["index"]), ["rgb", *inspection.label_arrays(store.spec)])
-        files = quality.ground_truth_files(gt_dir, row["pano_id"]) if gt_dir is not None else {}
-        gt = quality.read_ground_truth(files, store.spec.erp_height) if files else None
+        files = groundtruth.ground_truth_files(gt_dir, row["pano_id"]) if gt_dir is not None else {}
+        gt = groundtruth.read_ground_truth(files, store.spec.erp_height) if files else None
         name = slug(int(row["index"]), row["pano_id"])
         write_rgb(out / "thumbs" / f"{name}.png", thumbnail(arrays, store.spec.tasks))
         image, _ = render_preview(store.spec, row, arrays, seams, gt, panel_height)
@@ -373,16 +417,7 @@ def _page(
     )
     limit_note = f" (the {len(shown)} worst of {len(ranked)})" if len(shown) < len(ranked) else ""
     generated = datetime.now(UTC).isoformat(timespec="seconds")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="generator" content="mtpano {__version__}">
-<title>mtpano report: {html.escape(store.url)}</title>
-<style>{_CSS}</style>
-</head>
-<body data-ready="0">
-<h1>Label quality report</h1>
+    body = f"""<h1>Label quality report</h1>
 <p class="summary" id="summary">{html.escape(inspection.summary_line(facts))}</p>
 {_facts_html(facts)}
 <p>Generated {generated} by mtpano {__version__}. Figures are defined in docs/quality.md; click a column
@@ -400,8 +435,5 @@ header to sort a table.</p>
 <div class="scroll"><table class="sortable" id="panoramas">
 <thead><tr><th class="id">pano_id</th><th class="id">status</th>{head}</tr></thead>
 <tbody>{"".join(body)}</tbody></table></div>
-{failed_html}
-<script>{_SCRIPT}</script>
-</body>
-</html>
-"""
+{failed_html}"""
+    return html_page(f"mtpano report: {store.url}", body)

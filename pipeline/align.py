@@ -49,17 +49,23 @@ class Alignment:
     pairs: int
 
 
-def _normal_equations(cols: Tensor, vals: Tensor, weights: Tensor, size: int) -> Tensor:
-    """A = sum_k w_k g_k g_k^T for sparse rows g_k with entries vals[k, :] at cols[k, :].
+class _NormalEquations:
+    """A = sum_k w_k g_k g_k^T for sparse rows g_k with entries vals[k, :] at cols[k, :], for
+    weights that change from round to round (the cells and products are computed once).
 
     Args:
-        cols: (K,m) int64 column of each non-zero; vals: (K,m) float64; weights: (K,).
-    Returns:
-        (size,size) float64 matrix.
+        cols: (K,m) int64 column of each non-zero; vals: (K,m) float64; size: the columns.
     """
-    flat = (cols[:, :, None] * size + cols[:, None, :]).flatten()  # (K*m*m,) cells of A
-    products = (weights[:, None, None] * vals[:, :, None] * vals[:, None, :]).flatten()  # (K*m*m,)
-    return torch.bincount(flat, weights=products, minlength=size * size).view(size, size)
+
+    def __init__(self, cols: Tensor, vals: Tensor, size: int) -> None:
+        self.size = size
+        self.cells = (cols[:, :, None] * size + cols[:, None, :]).flatten()  # (K*m*m,) cells of A
+        self.products = vals[:, :, None] * vals[:, None, :]  # (K,m,m)
+
+    def __call__(self, weights: Tensor) -> Tensor:
+        """(size,size) float64 A for (K,) weights."""
+        products = (weights[:, None, None] * self.products).flatten()  # (K*m*m,)
+        return torch.bincount(self.cells, weights=products, minlength=self.size**2).view(self.size, self.size)
 
 
 def _solve_constrained(A: Tensor, rhs: Tensor, c: Tensor, target: float) -> Tensor:
@@ -112,11 +118,12 @@ def align_log_scales(
     cols = torch.stack((a, b), 1)  # (K,2)
     vals = torch.tensor([1.0, -1.0], dtype=torch.float64, device=diff.device).expand(len(a), 2)
     residual_before = _rms(diff, w)
+    normal_equations = _NormalEquations(cols, vals, P)
     robust = torch.ones_like(w)
     x = torch.zeros(P, dtype=torch.float64, device=diff.device)
     for _ in range(iterations + 1):
         ww = w * robust
-        A = _normal_equations(cols, vals, ww, P)
+        A = normal_equations(ww)
         rhs = torch.zeros(P, dtype=torch.float64, device=diff.device)
         rhs.index_add_(0, a, -ww * diff).index_add_(0, b, ww * diff)
         x = _solve_constrained(A, rhs, torch.ones(P, dtype=torch.float64, device=diff.device), 0.0)
@@ -165,10 +172,11 @@ def align_affine_disparity(
     # Before alignment: the raw disparities scaled by one common factor to the same gauge.
     raw = vals[:, 0] + vals[:, 2]
     residual_before = _rms(raw / (float(c[:P].sum()) / target), w)
+    normal_equations = _NormalEquations(cols, vals, 2 * P)
     robust = torch.ones_like(w)
     theta = torch.zeros(2 * P, dtype=torch.float64, device=device)
     for _ in range(iterations + 1):
-        A = _normal_equations(cols, vals, w * robust, 2 * P)
+        A = normal_equations(w * robust)
         theta = _solve_constrained(A, torch.zeros(2 * P, dtype=torch.float64, device=device), c, target)
         res = (vals * theta[cols]).sum(1)
         robust = _robust_weights(res)

@@ -1,16 +1,23 @@
 """Re-projection and fusion of teacher patch outputs into ERP labels with confidence.
 
-`FusionGeometry` holds what depends only on the layout (computed once per worker): the
-patch -> ERP correspondences (`spherical.reproject.PatchToErp`, footprints only), per-entry
-weights that fall off towards patch borders, the ray length ||c|| of every entry and the
-pairs of entries that see the same ERP pixel (for alignment and agreement).
+`FusionGeometry` holds what depends only on the layout and the sizes (computed once per
+worker): the patch -> ERP correspondences (`spherical.reproject.PatchToErp`, footprints only:
+M *entries*, each an ERP pixel that a patch sees), and their slot layout
+(`spherical.reproject.SlotLayout`): a pixel is seen by at most S patches (S = 5 for the
+icosahedron layout), and the entries are stored slot by slot so that reducing over the
+patches that see each pixel is a few elementwise passes, with no scatter. Per entry it keeps
+the weights (falling off towards patch borders), the ray length ||c||, the patch, the
+overlap pairs the depth alignment solves with, and how teacher maps of each resolution are
+read.
 
 `PanoramaFusion` takes one panorama's teacher outputs as they arrive, in any order and in
-batches of patches, and keeps bounded state: per-entry depth and normals (a few floats per
-entry) and running sums of the semantic probabilities (C x H x W). `finish()` aligns the
-depth of the patches jointly (`pipeline.align`), fuses every task by weighted averaging and
-derives per-pixel confidences from the agreement of overlapping patches and, where given,
-the teachers' own confidence. Everything runs in torch on the teacher's device.
+batches of patches, and keeps bounded state: per-entry depth and normals, and a few
+per-entry figures of the class probabilities (see `PanoramaFusion.add_semantic`). Patches
+are read one at a time into their entries (in the mapping's order, where a patch's entries
+are contiguous); `finish()` puts them in slot order, aligns the depth of the patches jointly
+(`pipeline.align`), fuses every task by weighted averaging and derives per-pixel
+confidences from the agreement of overlapping patches and, where given, the teachers' own
+confidence. Everything runs in torch on the teacher's device.
 
 Frames and units follow docs/conventions.md: depth goes from patch z-depth to ERP range
 (range = z * ||c||), normals from each camera frame to the world frame (n_w = R n_c).
@@ -18,7 +25,10 @@ Frames and units follow docs/conventions.md: depth goes from patch z-depth to ER
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +38,7 @@ from pipeline.align import Alignment, align_affine_disparity, align_log_scales
 from pipeline.teachers.base import METRIC_ZDEPTH, RELATIVE_DISPARITY, DepthKind
 from spherical.camera import PatchCameras
 from spherical.erp import erp_lonlat
-from spherical.reproject import PatchToErp, patch_to_erp
+from spherical.reproject import BilinearCorners, PatchToErp, SlotLayout, patch_to_erp, read_points, sample_points
 
 
 @dataclass(frozen=True)
@@ -52,9 +62,17 @@ class FusionConfig:
     normal_spread_deg: float = 10.0
     # Agreement factor of pixels that a single patch sees (no second opinion).
     single_view_agreement: float = 0.5
-    # Classes kept per patch pixel when summing semantic probabilities (0 = all): the mass
-    # beyond the top few is negligible, and summing 150 classes per entry is the cost of fusion.
+    # Classes of each entry's distribution whose probabilities are summed per pixel (0 = all):
+    # the mass beyond the top few is negligible.
     semantic_top_k: int = 8
+    # "border": weighted average of every patch that sees a pixel (weights falling off towards
+    # the patch borders); "nearest": the label of the one patch that sees it nearest its
+    # optical axis, no blending (the baseline of the experiment's teacher-patches arm).
+    blend: str = "border"
+
+    def __post_init__(self) -> None:
+        if self.blend not in ("border", "nearest"):
+            raise ValueError(f"unknown fusion blend {self.blend!r}: border or nearest")
 
     def to_json(self) -> dict[str, float | int | bool]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -73,76 +91,133 @@ def border_weights(x: Tensor, y: Tensor, width: int, height: int, config: Fusion
     return (ramp(tx) * ramp(ty)).clamp_min(config.min_weight)
 
 
-def _same_pixel_pairs(erp_index: Tensor, max_count: int) -> Tensor:
-    """(K,2) int64 entry pairs (i < j after sorting) that map to the same ERP pixel."""
-    order = torch.argsort(erp_index, stable=True)
-    sorted_index = erp_index[order]
-    pairs = []
-    for gap in range(1, max_count):
-        same = sorted_index[gap:] == sorted_index[:-gap]  # (M-gap,)
-        first = torch.nonzero(same).squeeze(1)
-        pairs.append(torch.stack((order[first], order[first + gap]), 1))
-    if not pairs:
-        return torch.zeros(0, 2, dtype=torch.int64, device=erp_index.device)
-    return torch.cat(pairs)
-
-
 @dataclass(frozen=True)
 class FusionGeometry:
     """Layout-dependent fusion state, shared by every panorama (see the module doc).
 
+    Per-entry arrays come in two orders: the *mapping's*, where the entries of patch n are
+    `entries_of(n)`, and *slot order* (`layout.position` maps the first to the second).
+    Per-pixel arrays are in the layout's compact pixel order.
+
     Fields:
         cameras: the P patch cameras, on the fusion device.
         mapping: ERP pixel <-> patch correspondences at label resolution (M entries).
-        weights: (M,) float32 border weights of the entries.
-        ray_norm: (M,) float32 ||c|| of each entry's c_z = 1 camera ray.
-        patch: (M,) int64 patch of each entry.
-        pairs: (K,2) int64 entries that see the same ERP pixel from two patches.
-        align_pairs: (K',2) an even subsample of `pairs`, at most `align_max_pairs`.
-        count: (H*W,) int64 patches that see each ERP pixel.
-        polar: (H*W,) bool pixels with |latitude| > 60 degrees.
+        layout: the slots of the entries, and the compact pixel order.
+        grid: (M,2) float32 normalised grid_sample coordinates of each entry in its patch,
+            mapping order.
+        entry_weights: (M,) float32 fusion weights of the entries (the border weights, or
+            one-hot per pixel for the "nearest" blend), mapping order.
+        weights: (M,) float32 the fusion weights, slot order.
+        align_weights: (M,) float32 the border weights, slot order: the depth alignment's.
+        weight_sum: (H*W,) float32 the fusion weights' sum per pixel, compact order.
+        ray_norm: (M,) float32 ||c|| of each entry's c_z = 1 camera ray, slot order.
+        patch: (M,) int64 patch of each entry, slot order.
+        entry: (M,) int64 the mapping-order index of the entry in each slot.
+        align_pairs: (K',2) int64 slots of an even subsample of the pairs of entries that see
+            the same pixel from two patches, at most `align_max_pairs` (`SlotLayout.pairs`).
+        count: (H*W,) int64 patches that see each pixel, compact order.
+        polar: (H*W,) bool pixels with |latitude| > 60 degrees, compact order.
+        corners: per teacher map resolution (h, w), the (M,) int32 flat index y0 * w + x0 of
+            the map pixel at the top left of each entry's bilinear read (`top_left`).
+        buffers: scratch memory reused from patch to patch (`scratch`).
     """
 
     cameras: PatchCameras
     mapping: PatchToErp
+    layout: SlotLayout
+    grid: Tensor
+    entry_weights: Tensor
     weights: Tensor
+    align_weights: Tensor
+    weight_sum: Tensor
     ray_norm: Tensor
     patch: Tensor
-    pairs: Tensor
+    entry: Tensor
     align_pairs: Tensor
     count: Tensor
     polar: Tensor
+    corners: dict[tuple[int, int], Tensor] = field(default_factory=dict, compare=False, repr=False)
+    buffers: dict[torch.dtype, Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, cameras: PatchCameras, erp_height: int, config: FusionConfig) -> FusionGeometry:
-        """Correspondences and weights for `cameras` at label height `erp_height`, on the
+        """Correspondences, slots and weights for `cameras` at label height `erp_height`, on the
         cameras' device (float32 cameras give float32 sub-pixel coordinates)."""
         mapping = patch_to_erp(cameras, erp_height)
-        patch = mapping.patch_index
         h, w = cameras.height, cameras.width
-        weights = border_weights(mapping.x, mapping.y, w, h, config).float()
+        layout = mapping.slot_layout()
+        patch = mapping.patch_index
+        scale = torch.tensor([2.0 / w, 2.0 / h], dtype=mapping.x.dtype, device=mapping.x.device)
+        grid = torch.stack((mapping.x, mapping.y), -1).mul_(scale).sub_(1.0)  # (M,2), as `PatchToErp.grid`
+        border = border_weights(mapping.x, mapping.y, w, h, config).float()
         focal = cameras.focal[patch]
         cx = (mapping.x - w / 2.0) / focal
         cy = (mapping.y - h / 2.0) / focal
         ray_norm = torch.sqrt(cx * cx + cy * cy + 1.0).float()
-        count = mapping.counts().flatten()
-        erp_index = mapping.erp_index.long()
-        pairs = _same_pixel_pairs(erp_index, int(count.max()))
+        weights = border
+        if config.blend == "nearest":
+            # Weight 1 for the entry of each pixel with the smallest tan(angle to the optical axis), 0 elsewhere.
+            off_axis = layout.to_slots(cx * cx + cy * cy).float()
+            nearest = off_axis == layout.broadcast(layout.reduce(off_axis.clone(), op="amin"))
+            weights = nearest.float()[layout.position]  # slot order -> mapping order
         _, lat = erp_lonlat(erp_height, device=cameras.device)
         polar = (lat.abs() > math.radians(60.0))[:, None].expand(-1, 2 * erp_height).flatten()
-        align_pairs = pairs[:: max(1, math.ceil(len(pairs) / config.align_max_pairs))]
-        return cls(cameras, mapping, weights, ray_norm, patch, pairs, align_pairs, count, polar)
+        return cls(
+            cameras=cameras,
+            mapping=mapping,
+            layout=layout,
+            grid=grid.float(),
+            entry_weights=weights,
+            weights=layout.to_slots(weights),
+            align_weights=layout.to_slots(border),
+            weight_sum=layout.reduce(layout.to_slots(weights)),
+            ray_norm=layout.to_slots(ray_norm),
+            patch=layout.to_slots(patch),
+            entry=layout.to_slots(torch.arange(len(patch), device=patch.device)),
+            align_pairs=layout.pairs(config.align_max_pairs),
+            count=layout.count[layout.order],
+            polar=polar[layout.order],
+        )
 
     @property
     def num_patches(self) -> int:
         return len(self.cameras)
 
     @property
+    def num_entries(self) -> int:
+        """M."""
+        return len(self.grid)
+
+    @property
     def device(self) -> torch.device:
         return self.weights.device
 
-    def erp_index(self) -> Tensor:
-        return self.mapping.erp_index.long()
+    def entries_of(self, patch: int) -> slice:
+        """Mapping-order slice of the entries of `patch`."""
+        return self.mapping.entries_of(patch)
+
+    def scratch(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """A reusable uninitialised tensor of `shape` (one per dtype: a new request may reuse the
+        memory of the previous one), so that per-patch temporaries do not fault in fresh pages."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(dtype)
+        if buffer is None or buffer.numel() < size:
+            buffer = self.buffers[dtype] = torch.empty(size, dtype=dtype, device=self.device)
+        return buffer[:size].view(shape)
+
+    def top_left(self, height: int, width: int) -> Tensor:
+        """(M,) int32 flat index y0 * width + x0 of the map pixel at the top left of the four
+        that grid_sample reads each entry from, in maps of (height, width) pixels (mapping
+        order; `spherical.reproject.BilinearCorners`). Computed on first use."""
+        key = (height, width)
+        if key not in self.corners:
+            corners = BilinearCorners.of_grid(self.grid, height, width)
+            self.corners[key] = corners.y0.int() * width + corners.x0.int()
+        return self.corners[key]
+
+    def to_slots(self, values: Tensor) -> Tensor:
+        """(..., M) per-entry values in mapping order -> the same in slot order."""
+        return self.layout.to_slots(values)
 
 
 @dataclass
@@ -168,6 +243,85 @@ class FusedLabels:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+# A patch's semantic probability map is kept until the panorama is finished only up to this
+# size (a Mask2Former map of 150 classes at 130 x 130 is 10 MB); larger maps are fused exactly
+# at once instead, which is slower but keeps memory bounded.
+_KEEP_MAP_BYTES = 64 << 20
+
+
+def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A top class of every map pixel of (C,S') class probabilities, its value, and a bound on
+    every other class's value.
+
+    Two max-reductions over the classes do it: class codes 1..C are written into the low bits
+    of the values (as int32), whose largest then carries its class; the same after knocking
+    that one out gives the runner-up up to those bits, rounded up into a bound. When the
+    runner-up is within those bits of the largest, the class found may not be the largest,
+    but then the bound is at least its value, which the callers read as "not certain". A
+    non-finite value becomes a NaN key (its exponent is all ones and its code is not 0), and
+    the maximum over a pixel with one is NaN.
+
+    Args:
+        volume: (C,S') float32, contiguous.
+        scratch: optional (C,S') int32 buffer for the keys.
+    Returns:
+        value: (S',) the value of `top`, exact.
+        top: (S',) int32 the class, in [0, C).
+        bound: (S',) float32 upper bound of the value of every class but `top`.
+        finite: (S',) bool whether every class's value is finite (elsewhere the rest is void).
+    """
+    C, S = volume.shape
+    bits = C.bit_length()
+    if bits > 16:
+        value, top = volume.max(0)
+        bound = volume.scatter(0, top[None], -math.inf).amax(0)  # (C,S') copy
+        return value, top.int(), bound, torch.isfinite(volume).all(0)
+    mask = (1 << bits) - 1
+    codes = torch.arange(1, C + 1, dtype=torch.int32, device=volume.device)[:, None]  # (C,1)
+    key = torch.bitwise_and(volume.view(torch.int32), ~mask, out=scratch).bitwise_or_(codes)  # (C,S')
+    top_key = key.view(torch.float32).amax(0)
+    finite = ~torch.isnan(top_key)
+    top = ((top_key.view(torch.int32) & mask) - 1).clamp_(0, C - 1)
+    at = (top * S + torch.arange(S, dtype=torch.int32, device=volume.device)).long()
+    value = volume.view(-1).index_select(0, at)
+    if C == 1:
+        return value, top, torch.zeros_like(value), finite
+    key.view(-1).index_fill_(0, at, _NEG_INF_BITS)
+    runner = key.view(torch.float32).amax(0)
+    runner_bits = runner.view(torch.int32)
+    # Up to the class bits: upwards is setting them for positive values, clearing them for negative ones.
+    bound = torch.where(runner >= 0, runner_bits | mask, runner_bits & ~mask).view(torch.float32)
+    return value, top, bound, finite
+
+
+_NEG_INF_BITS = -(1 << 23)  # 0xFF800000: -inf as int32
+
+# Rows of `PanoramaFusion.sem`.
+_CLASS, _PROB, _BOUND = range(3)
+# Bounds up to this are zero (a map of exact zeros gives bounds of a few subnormals): what
+# they could add is far below float32 resolution.
+_NEGLIGIBLE = 1e-30
+
+
+def _uniform(top: Tensor) -> Tensor:
+    """(h,w) per-pixel classes -> (h*w,) int32: for each pixel the class of its 2 x 2 block
+    (itself, right, below, below right, clamped at the last row and column) when all four
+    share it, else -1. An entry whose bilinear read starts at that pixel reads only that class's
+    top pixels."""
+    right = torch.cat((top[:, 1:], top[:, -1:]), 1)  # (h,w), x + 1 clamped
+    below = torch.cat((top[1:], top[-1:]), 0)
+    diagonal = torch.cat((right[1:], right[-1:]), 0)
+    same = (top == right) & (top == below) & (top == diagonal)
+    return torch.where(same, top, -1).flatten()
+
+
+def _all_four(flags: Tensor) -> Tensor:
+    """(h,w) bool per pixel -> (h*w,) bool: all four pixels of its 2 x 2 block (as `_uniform`)."""
+    right = torch.cat((flags[:, 1:], flags[:, -1:]), 1)
+    both = flags & right
+    return (both & torch.cat((both[1:], both[-1:]), 0)).flatten()
+
+
 class PanoramaFusion:
     """Accumulates one panorama's teacher outputs and fuses them (see the module doc)."""
 
@@ -185,26 +339,54 @@ class PanoramaFusion:
         self.has_semantic = num_classes is not None
         self.has_normals = normals
         g = geometry
-        M, HW = len(g.mapping), g.count.numel()
+        M = g.num_entries  # mapping order; every entry is written once every patch has been given
         self.seen = torch.zeros(g.num_patches, 3, dtype=torch.bool)
         self.nonfinite = {"depth": 0, "semantic": 0, "normals": 0}
+        # Seconds spent per task, reading patches and fusing (wall time on the host).
+        present = {"depth": depth_kind is not None, "semantic": num_classes is not None, "normals": normals}
+        self.seconds = {task: 0.0 for task, there in present.items() if there}
         if depth_kind is not None:
-            self.depth_value = torch.full((M,), math.nan, device=g.device)  # teacher depth at the entries
-            self.depth_teacher_conf = torch.ones(M, device=g.device)
+            self.depth_value = torch.empty(M, device=g.device)  # teacher depth
+            self.depth_teacher_conf: Tensor | None = None  # 1 until a teacher gives one
             self.alignment: Alignment | None = None
         if normals:
-            self.normal_value = torch.full((3, M), math.nan, device=g.device)  # world frame
-            self.normal_teacher_conf = torch.ones(M, device=g.device)
+            self.normal_value = torch.empty(3, M, device=g.device)  # world frame
+            self.normal_teacher_conf: Tensor | None = None
         if num_classes is not None:
             self.num_classes = num_classes
-            self.prob_sum = torch.zeros(num_classes, HW, device=g.device)
-            self.prob_weight = torch.zeros(HW, device=g.device)
-            self.sem_label = torch.full((M,), -1, dtype=torch.int64, device=g.device)  # per-entry argmax
+            k = config.semantic_top_k
+            self.top_k = k if 0 < k < num_classes else num_classes  # classes summed per entry
+            # Per entry (see `add_semantic`), rows of one (3,M) array: the entry's argmax (-1 = no
+            # label), its probability, and a bound on the probability of any class the entry does
+            # not know (its argmax and its second class, if it has one), both times its weight.
+            self.sem = torch.empty(3, M, device=g.device)
+            # The entries' weights: the border weights until a teacher's confidence or a hole changes them.
+            self.sem_weight: Tensor | None = None
+            self._seconds: list[tuple[Tensor, Tensor, Tensor]] = []  # (entries, classes, weighted probabilities)
+            self._lists: list[tuple[Tensor, Tensor, Tensor]] = []  # exact top-k: (entries, classes, probabilities)
+            self._maps: dict[int, Tensor] = {}  # kept probability maps (C,h',w') by patch
 
     # ------------------------------------------------------------------ inputs
-    def _sample(self, values: Tensor, patch: int) -> Tensor:
-        """(C,h',w') patch map -> (C,M_n) values at the patch's entries (bilinear)."""
-        return self.geometry.mapping.sample_patch(values.float(), patch)
+    @contextlib.contextmanager
+    def _timed(self, task: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[task] += time.perf_counter() - began
+
+    def _read(self, values: Tensor, patch: int) -> Iterator[tuple[slice, Tensor]]:
+        """One patch's (C,h',w') map read (bilinear) at its entries: (entry slice, (C,L) values)
+        pieces, in order."""
+        sl = self.geometry.entries_of(patch)
+        for points, out in read_points(values.float(), self.geometry.grid[sl]):
+            yield slice(sl.start + points.start, sl.start + points.stop), out
+
+    def _confidence(self, name: str) -> Tensor:
+        """The teacher-confidence array `name` of a task, made (all 1) on first use."""
+        if getattr(self, name) is None:
+            setattr(self, name, torch.ones(self.geometry.num_entries, device=self.geometry.device))
+        return getattr(self, name)
 
     def _clean(self, values: Tensor, task: str) -> Tensor:
         """One patch's map with non-finite teacher outputs counted and turned into NaN
@@ -227,50 +409,167 @@ class PanoramaFusion:
             confidence: (b,h',w') teacher confidence in [0,1], or None.
         """
         assert self.depth_kind is not None, "this fusion has no depth task"
-        for k, n in enumerate(patches):
-            sl = self.geometry.mapping.entries_of(n)
-            self.depth_value[sl] = self._sample(self._clean(depth[k], "depth")[None], n)[0]
-            if confidence is not None:
-                self.depth_teacher_conf[sl] = self._sample(confidence[k][None], n)[0].clamp(0, 1)
-            self.seen[n, 0] = True
+        with self._timed("depth"):
+            for k, n in enumerate(patches):
+                for entries, out in self._read(self._clean(depth[k], "depth")[None], n):
+                    self.depth_value[entries] = out[0]
+                if confidence is not None:
+                    conf = self._confidence("depth_teacher_conf")
+                    for entries, out in self._read(confidence[k][None], n):
+                        conf[entries] = out[0].clamp(0.0, 1.0)
+                self.seen[n, 0] = True
 
     def add_normals(self, patches: list[int], normals: Tensor, confidence: Tensor | None = None) -> None:
         """Teacher normals of some patches: (b,3,h',w') unit vectors in each camera frame."""
         assert self.has_normals, "this fusion has no normals task"
-        rotation = self.geometry.cameras.rotation
-        for k, n in enumerate(patches):
-            sl = self.geometry.mapping.entries_of(n)
-            cam = self._sample(self._clean(normals[k], "normals"), n)  # (3,M_n)
-            world = rotation[n].to(cam.dtype) @ cam  # (3,3) @ (3,M_n) -> (3,M_n)
-            self.normal_value[:, sl] = world / torch.linalg.vector_norm(world, dim=0, keepdim=True)
-            if confidence is not None:
-                self.normal_teacher_conf[sl] = self._sample(confidence[k][None], n)[0].clamp(0, 1)
-            self.seen[n, 2] = True
+        with self._timed("normals"):
+            for k, n in enumerate(patches):
+                R = self.geometry.cameras.rotation[n].float()
+                for entries, cam in self._read(self._clean(normals[k], "normals"), n):
+                    world = R @ cam  # (3,3) @ (3,L) -> (3,L)
+                    self.normal_value[:, entries] = world.div_(world.square().sum(0).sqrt_())
+                if confidence is not None:
+                    conf = self._confidence("normal_teacher_conf")
+                    for entries, out in self._read(confidence[k][None], n):
+                        conf[entries] = out[0].clamp(0.0, 1.0)
+                self.seen[n, 2] = True
 
     def add_semantic(self, patches: list[int], probs: Tensor, confidence: Tensor | None = None) -> None:
-        """Teacher class probabilities of some patches: (b,C,h',w'), summing to 1 over C."""
+        """Teacher class probabilities of some patches: (b,C,h',w'), summing to 1 over C.
+
+        Fusion sums, per ERP pixel, the weighted probabilities of the top-k classes of every
+        entry's distribution (bilinear in the patch's map), and takes the argmax. Reading all
+        C classes at every entry is what that costs, so each entry is summarised instead: from
+        a top class and a bound on every other class at every map pixel (two passes over the
+        map, `_top_class`), an entry whose four map pixels share their top class `a` has
+        probability p_a (interpolated) for it and at most u (the interpolated bound) for any
+        other class. When p_a > u, `a` is the entry's argmax and in its top-k. Entries between
+        map pixels of two top classes get both (read from the map), and when neither exceeds
+        u, or three classes meet, the entry's exact top-k list is computed at once.
+        `finish` then certifies each pixel's argmax from these figures, and sums the few pixels
+        it cannot certify exactly, from the top-k lists of their entries (computed then from
+        the maps, which are kept until the panorama is finished when any entry's bound is not
+        zero).
+        """
         assert self.has_semantic, "this fusion has no semantic task"
+        with self._timed("semantic"):
+            for k, n in enumerate(patches):
+                conf = confidence[k] if confidence is not None else None
+                self._add_semantic_patch(n, probs[k].float().contiguous(), conf)
+                self.seen[n, 1] = True
+
+    def _add_semantic_patch(self, n: int, probs: Tensor, confidence: Tensor | None) -> None:
+        """Summarise one patch's (C,h',w') probabilities at its entries (see `add_semantic`)."""
         g = self.geometry
-        for k, n in enumerate(patches):
-            sl = g.mapping.entries_of(n)
-            p = self._sample(self._clean(probs[k], "semantic"), n)  # (C,M_n)
-            ok = torch.isfinite(p).all(0)
-            w = torch.where(ok, g.weights[sl], 0.0)
-            if confidence is not None:
-                w = w * self._sample(confidence[k][None], n)[0].clamp(0, 1)
-            p = torch.where(ok, p, 0.0)
-            index = g.mapping.erp_index[sl].long()
-            k_top = self.config.semantic_top_k
-            if 0 < k_top < self.num_classes:
-                top, classes = p.topk(k_top, dim=0)  # (k,M_n) each, best class first
-            else:
-                top, classes = p.sort(dim=0, descending=True)  # (C,M_n) each
-            # One flat index_add over (class, pixel) pairs of the summed (C,H*W) probabilities.
-            flat = classes * g.count.numel() + index  # (k,M_n)
-            self.prob_sum.view(-1).index_add_(0, flat.flatten(), (top * w).flatten())
-            self.prob_weight.index_add_(0, index, w)
-            self.sem_label[sl] = torch.where(ok, classes[0], -1)
-            self.seen[n, 1] = True
+        C, h, w = probs.shape
+        sl = g.entries_of(n)
+        grid = g.grid[sl]
+        value, top, bound, finite = _top_class(probs.view(C, h * w), g.scratch((C, h * w), torch.int32))
+        cell = g.top_left(h, w)[sl]  # (M_n,) where each entry's bilinear read starts
+        first = _uniform(top.view(h, w)).index_select(0, cell)  # (M_n,) the shared top class, -1 = none
+        weight = g.entry_weights[sl]
+        if confidence is not None:
+            weight = weight * sample_points(confidence[None].float(), grid)[0].clamp(0.0, 1.0)
+        ok = None  # every entry reads finite values
+        if not bool(finite.all()):  # an entry reads NaN when any of its four map pixels holds one
+            self.nonfinite["semantic"] += int((~torch.isfinite(probs)).sum())
+            ok = _all_four(finite.view(h, w)).index_select(0, cell)
+            weight = torch.where(ok, weight, 0.0)
+        if confidence is not None or ok is not None:
+            if self.sem_weight is None:
+                self.sem_weight = g.entry_weights.clone()
+            self.sem_weight[sl] = weight
+        # The top class's probability and the bound, interpolated as every class is.
+        p_top, u = sample_points(torch.stack((value, bound)).view(2, h, w), grid)  # (2,M_n)
+        resolved = (first >= 0) & (p_top > u)
+        if ok is not None:
+            resolved &= ok
+        out = self.sem[:, sl]  # (3,M_n) the patch's entries, written in place
+        out[_CLASS], out[_PROB], out[_BOUND] = first, p_top, u
+        # The map is needed later if an entry may add something unknown to a class.
+        keep = self.top_k > 1 and bool((u > _NEGLIGIBLE).any())
+        rest = torch.nonzero(~resolved if ok is None else ok & ~resolved).squeeze(1)
+        seconds = None
+        if rest.numel():
+            settled, seconds = self._two_classes(out, rest, grid[rest], probs, top)
+            rest = rest[~settled]
+        if keep and probs.numel() * probs.element_size() > _KEEP_MAP_BYTES:
+            rest = torch.arange(sl.stop - sl.start, device=g.device) if ok is None else torch.nonzero(ok).squeeze(1)
+            keep, seconds = False, None
+        if seconds is not None and self.top_k > 1:
+            at, classes, second = seconds
+            self._seconds.append((sl.start + at, classes, second * weight[at]))
+        if rest.numel():
+            self._list_exactly(out, rest, sl.start, probs, grid[rest], weight[rest])
+        if keep:
+            self._maps[n] = probs
+        if self.top_k == 1:  # only the argmax is summed: nothing else adds anything
+            out[_BOUND] = 0.0
+        if ok is not None:
+            out[_CLASS].masked_fill_(~ok, -1.0)
+            out[_PROB:].masked_fill_(~ok, 0.0)
+        out[_PROB:] *= weight  # the contributions to the pixels' sums
+
+    def _two_classes(
+        self, out: Tensor, rest: Tensor, grid: Tensor, probs: Tensor, top: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """Entries `rest` (R,) whose four map pixels have two top classes: both classes'
+        probabilities are read from the map. Where the larger one exceeds the bound (no other
+        class reaches it) it is the argmax, and the smaller one is known too when it also
+        exceeds the bound. Writes the argmax into `out` (3,M_n) and returns (R,) bool: which
+        entries were settled, and their known second classes (entries of the patch, classes,
+        probabilities).
+
+        Args:
+            grid: (R,2) the entries' grid_sample points; probs: (C,h',w') the map; top: (S',)
+                int32 each map pixel's top class.
+        """
+        h, w = probs.shape[1:]
+        flat, bilinear = BilinearCorners.of_grid(grid, h, w).read()  # (4,R) each
+        cls = top.index_select(0, flat.view(-1)).view(flat.shape)  # (4R,) -> (4,R) the corners' top classes
+        a = cls[0]
+        differs = cls != a
+        # The first other class, and whether a third one is there.
+        other = torch.where(differs[1], cls[1], torch.where(differs[2], cls[2], cls[3]))
+        two = ~(differs & (cls != other)).any(0)
+
+        def value_of(c: Tensor) -> Tensor:  # (R,) class c interpolated from the map
+            return (probs.view(-1)[c * (h * w) + flat] * bilinear).sum(0)
+
+        p_a, p_b = value_of(a), value_of(other)
+        u = out[_BOUND, rest]
+        a_first = p_a > p_b
+        p_first, p_second = torch.maximum(p_a, p_b), torch.minimum(p_a, p_b)
+        settled = two & (p_a != p_b) & (p_first > u)
+        out[_CLASS, rest] = torch.where(a_first, a, other).float()
+        out[_PROB, rest] = p_first
+        second = torch.nonzero(settled & (p_second > u)).squeeze(1)
+        return settled, (rest[second], torch.where(a_first, other, a)[second].long(), p_second[second])
+
+    def _list_exactly(
+        self, out: Tensor, rest: Tensor, offset: int, probs: Tensor, grid: Tensor, weight: Tensor
+    ) -> None:
+        """The exact top-k lists of entries `rest` (R,) of a patch (its first entry at `offset`)
+        with map `probs` (C,h',w'), at `grid` (R,2), of weights `weight` (R,): written into `out`
+        (3,M_n), kept for `finish`."""
+        classes, values = self._top_list(probs, grid)  # (k,R) each
+        out[_CLASS, rest], out[_PROB, rest] = classes[0].float(), values[0]
+        # Known besides the argmax: the second class (kept with the seconds) when it is summed.
+        out[_BOUND, rest] = values[2] if self.top_k > 2 else 0.0
+        entries = offset + rest
+        if self.top_k > 1:
+            self._seconds.append((entries, classes[1], values[1] * weight))
+        self._lists.append((entries, classes, values))
+
+    def _top_list(self, probs: Tensor, grid: Tensor) -> tuple[Tensor, Tensor]:
+        """The exact top-k of the distributions that a (C,h',w') map gives at (R,2) points:
+        classes (k,R) int64 and probabilities (k,R), largest first."""
+        p = sample_points(probs, grid)  # (C,R)
+        if self.top_k < p.shape[0]:
+            values, classes = p.topk(self.top_k, dim=0)
+        else:
+            values, classes = p.sort(dim=0, descending=True)
+        return classes, values
 
     # ------------------------------------------------------------------ depth
     def align_depth(self) -> Alignment:
@@ -279,23 +578,28 @@ class PanoramaFusion:
         if self.alignment is not None:
             return self.alignment
         g, cfg = self.geometry, self.config
-        v = self.depth_value
         if self.depth_kind == METRIC_ZDEPTH:
-            valid = torch.isfinite(v) & (v > 0)
-            log_range = torch.log(torch.where(valid, v * g.ray_norm, 1.0))
-            iterations = cfg.align_iterations if cfg.align_metric_depth else -1
             if cfg.align_metric_depth:
+                # Only the entries of the pairs take part: read them, then solve on (2K',) arrays.
+                at = g.align_pairs.T.flatten()  # (2K',): first entries, then second entries, as slots
+                v = self.depth_value[g.entry[at]]
+                valid = torch.isfinite(v) & (v > 0)
+                log_range = torch.log(torch.where(valid, v * g.ray_norm[at], 1.0))
+                half = len(g.align_pairs)
+                local = torch.arange(half, device=g.device)
+                pairs = torch.stack((local, local + half), 1)  # (K',2) into the (2K',) arrays
                 self.alignment = align_log_scales(
-                    log_range, valid, g.patch, g.align_pairs, g.weights, g.num_patches, iterations
+                    log_range, valid, g.patch[at], pairs, g.align_weights[at], g.num_patches, cfg.align_iterations
                 )
             else:
                 ones = torch.ones(g.num_patches, dtype=torch.float64, device=g.device)
                 self.alignment = Alignment(ones, torch.zeros_like(ones), math.nan, math.nan, 0)
         else:
             assert self.depth_kind == RELATIVE_DISPARITY, self.depth_kind
+            v = g.to_slots(self.depth_value)
             valid = torch.isfinite(v)
             self.alignment = align_affine_disparity(
-                torch.where(valid, v, 0.0), g.ray_norm, valid, g.patch, g.align_pairs, g.weights, g.num_patches,
+                torch.where(valid, v, 0.0), g.ray_norm, valid, g.patch, g.align_pairs, g.align_weights, g.num_patches,
                 cfg.align_iterations,
             )  # fmt: skip
         return self.alignment
@@ -303,7 +607,8 @@ class PanoramaFusion:
     def aligned_patch_zdepth(self, patches: list[int], depth: Tensor) -> Tensor:
         """Teacher depth maps of `patches` (b,h',w') as aligned planar z-depth (metric up to
         the store's gauge): what a geometric normals teacher differentiates."""
-        a = self.align_depth()
+        with self._timed("depth"):
+            a = self.align_depth()
         idx = torch.as_tensor(patches, device=depth.device)
         scale = a.scale.to(depth.device, torch.float32)[idx][:, None, None]  # (b,1,1)
         if self.depth_kind == METRIC_ZDEPTH:
@@ -312,22 +617,39 @@ class PanoramaFusion:
         inverse = depth * scale + shift  # aligned 1/z
         return torch.where(inverse > 0, 1.0 / inverse, math.nan)
 
+    def _weights(self, valid: Tensor, confidence: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, bool]:
+        """The border weights of the valid slots (base) times the teacher's `confidence` (mapping
+        order; None = 1), and per pixel: the sums of the base and of those weights, the valid
+        count, and whether every slot is valid (then the per-pixel figures are the layout's own)."""
+        g = self.geometry
+        if bool(valid.all()):
+            base, base_sum, count, all_valid = g.weights, g.weight_sum, g.count, True
+        else:
+            base = torch.where(valid, g.weights, 0.0)
+            base_sum, count, all_valid = g.layout.reduce(base), g.layout.reduce(valid), False
+        if confidence is None:
+            return base, base_sum, base_sum, count, all_valid
+        w = base * g.to_slots(confidence)
+        return w, base_sum, g.layout.reduce(w), count, all_valid
+
     def _fused_depth(self, labels: FusedLabels) -> None:
         g, cfg = self.geometry, self.config
         a = self.align_depth()
-        v = self.depth_value
-        scale = a.scale.float()[g.patch]
+        v = g.to_slots(self.depth_value)
+        scale = a.scale.float().index_select(0, g.patch)  # (M,)
         if self.depth_kind == METRIC_ZDEPTH:
             value = v * g.ray_norm * scale  # aligned range
         else:
-            value = (v * scale + a.shift.float()[g.patch]) / g.ray_norm  # aligned inverse range
-        valid = torch.isfinite(value) & (value > 0)
-        base = torch.where(valid, g.weights, 0.0)
-        w = base * self.depth_teacher_conf
-        value0 = torch.where(valid, value, 0.0)
-        log_v = torch.log(torch.where(valid, value, 1.0))
-        sums = self._scatter(torch.stack((w, w * value0, w * log_v, w * log_v * log_v, valid.float(), base)))
-        wsum, vsum, lsum, l2sum, nvalid, base_sum = sums
+            value = (v * scale + a.shift.float().index_select(0, g.patch)) / g.ray_norm  # aligned inverse range
+        valid = (value > 0) & (value < math.inf)  # finite and positive
+        w, base_sum, wsum, nvalid, all_valid = self._weights(valid, self.depth_teacher_conf)
+        if not all_valid:
+            value = torch.where(valid, value, 1.0)  # log 1 = 0, and w = 0 there
+        log_v = torch.log(value)
+        w_log = w * log_v
+        reduce = g.layout.reduce
+        vsum, l2sum = reduce(w * value, overwrite=True), reduce(w_log * log_v, overwrite=True)  # (H*W,) each
+        lsum = reduce(w_log, overwrite=True)
         has = wsum > 0
         fused = torch.where(has, vsum / wsum.clamp_min(1e-12), math.nan)
         mean_l = lsum / wsum.clamp_min(1e-12)
@@ -336,13 +658,12 @@ class PanoramaFusion:
         teacher = wsum / base_sum.clamp_min(1e-12)  # base-weighted mean teacher confidence
         conf = torch.where(has, agreement * teacher, 0.0)
         labels.depth, labels.depth_confidence = self._image(fused), self._image(conf)
-        overlap = nvalid >= 2
         labels.stats.update(
             {
                 "depth_align_residual": a.residual,
                 "depth_align_residual_before": a.residual_before,
                 "depth_scale_spread": float(torch.log(a.scale.clamp_min(1e-12)).std()) if a.pairs else math.nan,
-                "depth_disagreement": float(spread[overlap].mean()) if bool(overlap.any()) else math.nan,
+                "depth_disagreement": _masked_mean(spread, nvalid >= 2),
             }
         )
         labels.stats["depth_scales"] = a.scale.tolist()
@@ -352,73 +673,143 @@ class PanoramaFusion:
     # ------------------------------------------------------------------ normals
     def _fused_normals(self, labels: FusedLabels) -> None:
         g, cfg = self.geometry, self.config
-        n = self.normal_value
-        valid = torch.isfinite(n).all(0)
-        base = torch.where(valid, g.weights, 0.0)
-        w = base * self.normal_teacher_conf
-        n0 = torch.where(valid, n, 0.0)
-        sums = self._scatter(torch.cat((n0 * w, torch.stack((w, valid.float(), base)))))
-        vec, wsum, nvalid, base_sum = sums[:3], sums[3], sums[4], sums[5]
-        length = torch.linalg.vector_norm(vec, dim=0)
+        n = g.to_slots(self.normal_value)
+        valid = ~torch.isnan(n[0])  # a normal is finite or all NaN (a hole, or a zero vector normalised)
+        w, base_sum, wsum, nvalid, all_valid = self._weights(valid, self.normal_teacher_conf)
+        vec = g.layout.reduce((n if all_valid else torch.where(valid, n, 0.0)) * w, overwrite=True)  # (3,M) -> (3,H*W)
+        length = vec.square().sum(0).sqrt()
         has = (wsum > 0) & (length > 1e-12)
         fused = torch.where(has, vec / length.clamp_min(1e-12), math.nan)
         resultant = (length / wsum.clamp_min(1e-12)).clamp(0.0, 1.0)
         spread_deg = torch.rad2deg(torch.acos(resultant))
         agreement = torch.where(nvalid >= 2, torch.exp(-spread_deg / cfg.normal_spread_deg), cfg.single_view_agreement)
         conf = torch.where(has, agreement * wsum / base_sum.clamp_min(1e-12), 0.0)
-        labels.normals, labels.normals_confidence = self._image(fused, 3), self._image(conf)
-        overlap = has & (nvalid >= 2)
-        labels.stats["normals_disagreement_deg"] = (
-            float(spread_deg[overlap].mean()) if bool(overlap.any()) else math.nan
-        )
+        labels.normals, labels.normals_confidence = self._image(fused), self._image(conf)
+        labels.stats["normals_disagreement_deg"] = _masked_mean(spread_deg, has & (nvalid >= 2))
         self._coverage_stats(labels.stats, "normals", has, conf)
 
     # ------------------------------------------------------------------ semantic
     def _fused_semantic(self, labels: FusedLabels) -> None:
+        """Per pixel, the class c with the largest summed weighted probability F_c.
+
+        The candidate is the class with the largest weighted argmax probability of any entry
+        that sees the pixel. F of the candidate is exact when every such entry knows its
+        contribution to it (or adds nothing to classes it does not know); every other class
+        gets at most R, the sum over the entries of their largest known contribution to another
+        class or their bound. Where F > R the candidate wins; the other pixels are summed
+        exactly from the entries' top-k lists.
+        """
         g, cfg = self.geometry, self.config
-        has = self.prob_weight > 0
-        label = torch.where(has, self.prob_sum.argmax(0), -1)
-        fused_max = self.prob_sum.amax(0) / self.prob_weight.clamp_min(1e-12)
+        layout = g.layout
+        sem = g.to_slots(self.sem)
+        classes = sem[_CLASS]
+        # Without teacher confidences or holes, every entry weighs its border weight (> 0) and
+        # has a label: the per-pixel weights and counts are the layout's own.
+        everyone = self.sem_weight is None
+        weight = g.weights if everyone else g.to_slots(self.sem_weight)
+        total = g.weight_sum if everyone else layout.reduce(weight)  # (H*W,) the summed weights
+        has = total > 0
+        values, bound = sem[_PROB], sem[_BOUND]  # times the entries' weights
+        candidate = layout.reduce_argmax(values, classes)  # (H*W,) the class of the largest value
+        wanted = layout.broadcast(candidate)  # (M,) each entry's pixel's candidate
+        known = classes == wanted
+        contribution = torch.where(known, values, 0.0)
+        rival = torch.where(known, bound, torch.maximum(values, bound))
+        if self._seconds:
+            entries, second, second_value = (torch.cat(t) for t in zip(*self._seconds, strict=True))
+            at = g.layout.position[entries]
+            hit = second.float() == wanted[at]
+            contribution.index_add_(0, at, torch.where(hit, second_value, 0.0))
+            known[at] |= hit
+            rival[at] = torch.where(hit, rival[at], torch.maximum(rival[at], second_value))
+        unknown = ~known & (bound > _NEGLIGIBLE)
+        if not everyone:
+            unknown &= weight > 0
+        fused = layout.reduce(contribution, overwrite=True)
+        rival, unknown = layout.reduce(rival, overwrite=True), layout.reduce(unknown)
+        label = torch.where(has, candidate, -1.0).long()
+        exact = torch.nonzero(has & ((unknown > 0) | (fused <= rival))).squeeze(1)
+        if exact.numel():
+            label[exact], fused[exact] = self._summed_exactly(exact, weight)
+        self._seconds.clear()
+        self._lists.clear()
+        self._maps.clear()
+        fused_max = fused / total.clamp_min(1e-12)
         single = g.count < 2
         conf = torch.where(has, fused_max * torch.where(single, cfg.single_view_agreement, 1.0), 0.0)
         labels.semantic, labels.semantic_confidence = self._image(label), self._image(conf.clamp(0, 1))
-        # Disagreement: share of overlap pixels where two patches' argmax classes differ.
-        i, j = g.pairs[:, 0], g.pairs[:, 1]
-        li, lj = self.sem_label[i], self.sem_label[j]
-        both = (li >= 0) & (lj >= 0)
-        pixel = g.erp_index()[i]
-        compared = torch.zeros_like(has).index_fill_(0, pixel[both], True)
-        differ = torch.zeros_like(has).index_fill_(0, pixel[both & (li != lj)], True)
-        n_compared = int(compared.sum())
-        labels.stats["semantic_disagreement"] = int(differ.sum()) / n_compared if n_compared else math.nan
-        hist = torch.bincount(label[has], minlength=self.num_classes).double()
+        # Disagreement: share of overlap pixels where two patches' argmax classes differ, that is
+        # where a labelled entry's class is not the candidate (which is one of them).
+        if everyone:
+            compared, differ = g.count >= 2, layout.reduce(classes != wanted) > 0
+        else:
+            labelled = classes >= 0
+            compared, differ = layout.reduce(labelled) >= 2, layout.reduce(labelled & (classes != wanted)) > 0
+        differ &= compared
+        n_compared, n_differ = torch.stack((compared.sum(), differ.sum())).tolist()
+        labels.stats["semantic_disagreement"] = n_differ / n_compared if n_compared else math.nan
+        hist = torch.bincount(label.clamp(min=0), weights=has.double(), minlength=self.num_classes)
         labels.stats["semantic_histogram"] = (hist / hist.sum().clamp_min(1)).tolist()
         self._coverage_stats(labels.stats, "semantic", has, conf)
 
-    # ------------------------------------------------------------------ output
-    def _scatter(self, entry_values: Tensor) -> Tensor:
-        """Sum (C,M) or (M,) entry values per ERP pixel: (C,H*W) or (H*W,)."""
-        index = self.geometry.erp_index()
-        HW = self.geometry.count.numel()
-        if entry_values.ndim == 1:
-            return torch.zeros(HW, dtype=entry_values.dtype, device=entry_values.device).index_add_(
-                0, index, entry_values
-            )
-        out = torch.zeros(entry_values.shape[0], HW, dtype=entry_values.dtype, device=entry_values.device)
-        for c in range(entry_values.shape[0]):
-            out[c].index_add_(0, index, entry_values[c])
-        return out
+    def _summed_exactly(self, pixels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """Argmax class (L,) and its summed weighted probability (L,) of compact `pixels` (L,),
+        from the exact top-k lists of every entry that sees them, with slot `weights` (M,).
 
-    def _image(self, flat: Tensor, channels: int = 0) -> Tensor:
+        An entry's list is the one kept for it, or computed from its patch's kept map; a patch
+        whose map was not kept left nothing unknown, so its entries' known classes are all
+        they add."""
+        g = self.geometry
+        layout, L = g.layout, len(pixels)
+        at, target = [], []
+        for s in range(layout.slots):
+            inside = torch.nonzero(pixels < layout.starts[s + 1] - layout.starts[s]).squeeze(1)
+            at.append(layout.starts[s] + pixels[inside])
+            target.append(inside)
+        at, target = torch.cat(at), torch.cat(target)  # slots and the pixel (0..L-1) of each
+        weight = weights[at]
+        live = weight > 0
+        at, target, weight = at[live], target[live], weight[live]
+        entries = g.entry[at]
+        # Each entry's classes and weighted probabilities: its argmax and second, known as they
+        # were summed, or its whole top-k list.
+        classes = torch.zeros(self.top_k, len(at), dtype=torch.int64, device=g.device)
+        summed = torch.zeros(self.top_k, len(at), device=g.device)
+        classes[0], summed[0] = self.sem[_CLASS, entries].long(), self.sem[_PROB, entries]
+        if self._seconds and self.top_k > 1:
+            found, second, second_value = _look_up(self._seconds, entries)
+            classes[1, found], summed[1, found] = second, second_value
+        listed = torch.zeros(len(at), dtype=torch.bool, device=g.device)
+        if self._lists:
+            found, listed_classes, listed_probs = _look_up(self._lists, entries)
+            classes[:, found], summed[:, found] = listed_classes, listed_probs * weight[found]
+            listed[found] = True
+        todo = torch.nonzero(~listed).squeeze(1)
+        patch = g.patch[at[todo]]
+        for n in torch.unique(patch).tolist():
+            if n in self._maps:
+                mine = todo[patch == n]
+                classes[:, mine], probs = self._top_list(self._maps[n], g.grid[entries[mine]])
+                summed[:, mine] = probs * weight[mine]
+        sums = torch.zeros(self.num_classes * L, device=g.device)
+        sums.index_add_(0, (classes * L + target).flatten(), summed.flatten())
+        best, best_class = sums.view(self.num_classes, L).max(0)  # (C*L,) -> (C,L)
+        return best_class, best
+
+    # ------------------------------------------------------------------ output
+    def _image(self, compact: Tensor) -> Tensor:
+        """(H*W,) or (C,H*W) per-pixel values in compact order -> (H,W) or (C,H,W) image."""
         H = self.geometry.mapping.erp_height
-        shape = (channels, H, 2 * H) if channels else (H, 2 * H)
-        return flat.reshape(shape)  # (C,H*W) -> (C,H,W) or (H*W,) -> (H,W)
+        return self.geometry.layout.to_raster(compact).unflatten(-1, (H, 2 * H))  # (...,H*W) -> (...,H,W)
 
     def _coverage_stats(self, stats: dict, task: str, has: Tensor, conf: Tensor) -> None:
         g = self.geometry
-        stats[f"{task}_coverage"] = float(has.float().mean())
-        stats[f"{task}_coverage_polar"] = float(has[g.polar].float().mean())
-        stats[f"{task}_confidence_mean"] = float(conf[has].mean()) if bool(has.any()) else 0.0
+        labelled, polar, in_polar, conf_sum = torch.stack(
+            (has.sum(), g.polar.sum(), (has & g.polar).sum(), torch.where(has, conf, 0.0).sum().double())
+        ).tolist()  # one sync for the four sums
+        stats[f"{task}_coverage"] = labelled / len(has)
+        stats[f"{task}_coverage_polar"] = in_polar / polar if polar else math.nan
+        stats[f"{task}_confidence_mean"] = conf_sum / labelled if labelled else 0.0
         stats[f"{task}_nonfinite"] = self.nonfinite[task]
 
     def finish(self) -> FusedLabels:
@@ -444,9 +835,32 @@ class PanoramaFusion:
                     f"patches {missing} were not given for task {('depth', 'semantic', 'normals')[column]}"
                 )
         if self.depth_kind is not None:
-            self._fused_depth(labels)
+            with self._timed("depth"):
+                self._fused_depth(labels)
         if self.has_normals:
-            self._fused_normals(labels)
+            with self._timed("normals"):
+                self._fused_normals(labels)
         if self.has_semantic:
-            self._fused_semantic(labels)
+            with self._timed("semantic"):
+                self._fused_semantic(labels)
         return labels
+
+
+def _look_up(kept: list[tuple[Tensor, ...]], at: Tensor) -> tuple[Tensor, ...]:
+    """Per-entry records of entries `at` (R,): `kept` is a non-empty list of parts (entries
+    (n,), then values (n,) or (k,n)). Returns the indices into `at` that have a record, then
+    each kind of value at those (along the last dimension)."""
+    positions = torch.cat([part[0] for part in kept])
+    order = torch.argsort(positions)
+    sorted_positions = positions[order]
+    row = torch.searchsorted(sorted_positions, at).clamp_(max=len(positions) - 1)
+    found = torch.nonzero(sorted_positions[row] == at).squeeze(1)
+    row = order[row[found]]
+    values = [torch.cat([part[i] for part in kept], -1)[..., row] for i in range(1, len(kept[0]))]
+    return (found, *values)
+
+
+def _masked_mean(values: Tensor, mask: Tensor, empty: float = math.nan) -> float:
+    """Mean of `values` where `mask`, or `empty` when the mask is empty (one sync)."""
+    total, count = torch.stack((torch.where(mask, values, 0.0).sum(), mask.sum())).tolist()
+    return total / count if count else empty

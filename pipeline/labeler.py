@@ -1,10 +1,12 @@
 """The work of one labelling worker: decode panoramas, run teachers on their patches, fuse,
 write.
 
-Two pieces, as Ray Data runs them: `decode_batch`, a CPU function that reads and decodes
-panoramas, and `PanoramaLabeler`, a callable class that loads its teachers and the layout's
-fusion geometry once in `__init__` and labels a batch of decoded panoramas per call. Both
-take and return `dict[str, np.ndarray]` batches, so they run and test without Ray too.
+Two pieces, as the driver (`pipeline.run`) runs them: `pipeline.images.decode_batch`, a CPU
+function that reads and decodes panoramas (in its own light module, so that decoding workers
+never import torch), and `PanoramaLabeler`, a callable class that loads its teachers and
+everything that depends only on the layout and the sizes once in `__init__`, and labels a
+batch of decoded panoramas per call. Both take and return `dict[str, np.ndarray]` batches,
+so they run and test without Ray too.
 
 A call labels K panoramas together: their P patches each are sampled on the teacher's
 device, and each teacher runs over the K*P patches in batches of its `batch_size`, so a
@@ -30,38 +32,15 @@ from torch import Tensor
 
 from pipeline.config import LabelConfig
 from pipeline.fusion import FusedLabels, FusionGeometry, PanoramaFusion
-from pipeline.images import ImageError, read_panorama, resize_erp
-from pipeline.quality import fused_figures
+from pipeline.images import resize_erp
+from pipeline.quality import SeamGeometry, fused_figures
 from pipeline.teachers.base import Prediction, TeacherCameras, TeacherError
 from pipeline.teachers.registry import ResolvedTeacher, load_teacher
 from spherical.ade20k import IGNORE_ID
-from spherical.sampling import erp_to_patches
+from spherical.sampling import erp_to_patches, patch_sampling_grid
 from storage.labelstore import LabelStore, StoreSpec
 
-STAGES = ("decode", "sample", "teacher", "fuse", "write")
-
-
-def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """CPU preprocessing: read and decode the panoramas of a batch.
-
-    Args:
-        batch: "index" (K,) int, "pano_id" (K,) str, "source" (K,) str.
-    Returns:
-        the batch plus "image": K arrays (H,W,3) float32 RGB in [0,1], ERP (an empty
-        (0,0,3) array when decoding failed), "error": (K,) str, "" when it worked, and
-        "t_decode": (K,) float seconds.
-    """
-    images, errors, seconds = [], [], []
-    for source in batch["source"]:
-        start = time.perf_counter()
-        try:
-            images.append(read_panorama(str(source)))
-            errors.append("")
-        except ImageError as err:
-            images.append(np.zeros((0, 0, 3), np.float32))
-            errors.append(str(err))
-        seconds.append(time.perf_counter() - start)
-    return {**batch, "image": images, "error": np.array(errors, dtype=object), "t_decode": np.array(seconds)}
+STAGES = ("decode", "sample", "teacher", "fuse", "figures", "write")
 
 
 @dataclass
@@ -111,7 +90,10 @@ class PanoramaLabeler:
         self.teachers = {task: load_teacher(r, self.device) for task, r in teachers.items()}
         cameras = config.patch_layout().cameras(config.patch_size, device=self.device)
         self.cameras = cameras
+        # Everything that depends only on the layout and the sizes, once per worker.
         self.geometry = FusionGeometry.build(cameras, config.erp_height, config.fusion)
+        self.seams = SeamGeometry.from_mapping(self.geometry.mapping)
+        self._sampling: tuple[int, Tensor] | None = None  # (panorama height, its patch sampling grid)
         depth = teachers.get("depth")
         self.depth_kind = depth.depth_kind if depth is not None else None
         semantic = teachers.get("semantic")
@@ -159,8 +141,13 @@ class PanoramaLabeler:
     # ------------------------------------------------------------------ stages
     def _sample(self, pano: _Panorama) -> Tensor:
         """(P,3,h,w) float32 RGB patches of a panorama, on the device."""
-        image = torch.tensor(pano.image, device=self.device).permute(2, 0, 1)[None]  # (H,W,3) -> (1,3,H,W)
-        patches = erp_to_patches(image, self.cameras)[0]  # (P,3,h,w)
+        # Arrays from Ray's object store are read-only, and torch wants to own writable memory.
+        array = pano.image if pano.image.flags.writeable else pano.image.copy()
+        image = torch.from_numpy(array).to(self.device).permute(2, 0, 1)[None]  # (H,W,3) -> (1,3,H,W)
+        height = image.shape[2]
+        if self._sampling is None or self._sampling[0] != height:  # panoramas of a data set share a size
+            self._sampling = (height, patch_sampling_grid(self.cameras, height))
+        patches = erp_to_patches(image, self.cameras, grid=self._sampling[1])[0]  # (P,3,h,w)
         if self.config.keep_patches:
             rgb = (patches.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
             pano.kept["patches/rgb"] = rgb
@@ -234,26 +221,20 @@ class PanoramaLabeler:
             self._fuse("normals", value, conf, [(0, n) for n in patch_ids], [pano])
         pano.depth_maps.clear()
 
-    def _arrays(self, pano: _Panorama, labels: FusedLabels) -> dict[str, np.ndarray]:
-        """The store's arrays of one panorama, in the store's dtypes."""
+    def _arrays(self, pano: _Panorama, labels: FusedLabels) -> dict[str, Tensor]:
+        """The store's arrays of one panorama, in the store's dtypes, on the device."""
         H = self.spec.erp_height
-        rgb = resize_erp(pano.image, H)
-        out = {"rgb": np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8).transpose(2, 0, 1)}  # (H,W,3) -> (3,H,W)
-
-        def np16(t: Tensor) -> np.ndarray:
-            return t.float().cpu().numpy().astype(np.float16)
-
+        rgb = torch.from_numpy(resize_erp(pano.image, H)).to(self.device)
+        out = {"rgb": (rgb * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(2, 0, 1)}  # (H,W,3) -> (3,H,W)
         if labels.depth is not None:
-            out["depth"] = np16(labels.depth)
-            out["depth_confidence"] = np16(labels.depth_confidence)
+            out["depth"] = labels.depth.half()
+            out["depth_confidence"] = labels.depth_confidence.half()
         if labels.semantic is not None:
-            ids = labels.semantic.cpu().numpy()
-            out["semantic"] = np.where(ids >= 0, ids, IGNORE_ID).astype(np.uint8)
-            out["semantic_confidence"] = np16(labels.semantic_confidence)
+            out["semantic"] = torch.where(labels.semantic >= 0, labels.semantic, IGNORE_ID).to(torch.uint8)
+            out["semantic_confidence"] = labels.semantic_confidence.half()
         if labels.normals is not None:
-            out["normals"] = np16(labels.normals)
-            out["normals_confidence"] = np16(labels.normals_confidence)
-        out.update(pano.kept)
+            out["normals"] = labels.normals.half()
+            out["normals_confidence"] = labels.normals_confidence.half()
         return out
 
     # ------------------------------------------------------------------ call
@@ -318,11 +299,17 @@ class PanoramaLabeler:
                 began = time.perf_counter()
                 labels = pano.fusion.finish()
                 row.update(labels.stats)
-                row.update(fused_figures(labels, self.geometry))
                 pano.seconds["fuse"] += time.perf_counter() - began
+                row.update({f"t_fuse_{task}": seconds for task, seconds in pano.fusion.seconds.items()})
                 began = time.perf_counter()
-                self.store.write_arrays(pano.index, self._arrays(pano, labels))
-                pano.seconds["write"] = time.perf_counter() - began
+                arrays = self._arrays(pano, labels)  # in the store's dtypes: part of writing
+                converting = time.perf_counter() - began
+                began = time.perf_counter()
+                row.update(fused_figures(arrays, self.seams))  # on the stored values
+                pano.seconds["figures"] = time.perf_counter() - began
+                began = time.perf_counter()
+                self.store.write_arrays(pano.index, {**{k: v.cpu().numpy() for k, v in arrays.items()}, **pano.kept})
+                pano.seconds["write"] = converting + time.perf_counter() - began
                 self.store.commit(pano.index, {**row, **self._timings(pano)})
                 return
             except Exception as err:  # this panorama fails; the others of the call go on

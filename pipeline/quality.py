@@ -6,13 +6,14 @@ disagreement and the depth alignment. This module adds
 - seam figures: how much more the labels change across the borders between patches (and
   across the ±180° longitude) than inside one patch, from the labels and the layout alone;
 - ground-truth metrics: depth AbsRel, RMSE and δ<1.25; normal angular errors; semantic pixel
-  accuracy and mIoU, with their per-pixel error maps;
+  accuracy and mIoU, with their per-pixel error maps, computed by `evaluation.metrics` (the
+  one definition of every metric; ground-truth files are read by `storage.groundtruth`);
 - `array_figures`: every figure the stored arrays determine (coverage, confidence, class
   histogram, seams), so `mtpano inspect --recompute` can recompute them from a store;
 - `FIGURES`: the registry of the figures: manifest column, task, format and which way is worse.
 
 docs/quality.md defines every figure. Seam figures run in torch on the labels' device (they
-are computed by the labelling workers); the ground-truth metrics work on numpy arrays.
+are computed by the labelling workers).
 """
 
 from __future__ import annotations
@@ -20,20 +21,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.fusion import FusedLabels, FusionGeometry
+from evaluation import metrics
 from spherical.ade20k import IGNORE_ID
 from spherical.erp import erp_lonlat
 from spherical.layouts import Layout, parse_layout
 from spherical.reproject import PatchToErp, patch_to_erp
-from storage import groundtruth
 from storage.labelstore import LABEL_TASKS, StoreError, StoreSpec
 
 POLAR_LATITUDE_DEG = 60.0  # the "near the poles" band of the coverage figures, as in fusion
@@ -138,7 +136,7 @@ def _figures() -> dict[str, Figure]:
          "share of pixels within 11.25° of the true normal"),
         ("semantic_gt_accuracy", "semantic", "acc", "low", "share", "gt", "pixel accuracy against ground truth"),
         ("semantic_gt_miou", "semantic", "mIoU", "low", "share", "gt",
-         "mean IoU over the classes present in the ground truth or the labels"),
+         "mean IoU over the classes present in the ground truth"),
         (DEFAULT_SORT, "all", "min conf", "low", "ratio", "derived", "the lowest of the tasks' mean confidences"),
     ]  # fmt: skip
     return {r[0]: Figure(*r) for r in rows}
@@ -261,7 +259,7 @@ def pair_steps(task: str, values: Tensor) -> tuple[Tensor, Tensor]:
         return (log_v - log_v.roll(-1, dims=1)).abs(), (log_v[:-1] - log_v[1:]).abs()
     if task == "normals":
         n = values.float()
-        n = n / torch.linalg.vector_norm(n, dim=0, keepdim=True)
+        n = n / n.square().sum(0, keepdim=True).sqrt()
 
         def angle(a: Tensor, b: Tensor) -> Tensor:
             return torch.rad2deg(torch.acos((a * b).sum(0).clamp(-1.0, 1.0)))
@@ -280,16 +278,27 @@ def pair_steps(task: str, values: Tensor) -> tuple[Tensor, Tensor]:
     raise ValueError(f"unknown task {task!r}")
 
 
-def _row_ratio(steps: Tensor, selected: Tensor, inner: Tensor) -> tuple[float, float]:
-    """(sum of the selected steps, sum of their rows' mean interior steps) over the rows that
-    have interior pairs; steps (R,C) with NaN = not compared, selected and inner (R,C) bool."""
-    ok = torch.isfinite(steps)
-    value = torch.where(ok, steps, 0.0).double()
+def _row_steps(steps: Tensor, inner: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Steps (R,C) (NaN = not compared) with NaN as 0, which of them are compared (R,C) bool,
+    and the mean step (R,) float64 of each row's compared interior pairs (`inner` (R,C) bool),
+    NaN for rows without any."""
+    ok = ~torch.isnan(steps)
+    value = torch.where(ok, steps, 0.0)
     inner = inner & ok
     n_inner = inner.sum(1)  # (R,)
-    baseline = (value * inner).sum(1) / n_inner.clamp_min(1)  # (R,) mean interior step per row
-    chosen = selected & ok & (n_inner > 0)[:, None]
-    return float((value * chosen).sum()), float((baseline[:, None] * chosen).sum())
+    mean = torch.where(inner, value, 0.0).sum(1, dtype=torch.float64) / n_inner  # NaN where no interior pair
+    return value, ok, mean
+
+
+def _row_ratio(value: Tensor, ok: Tensor, mean: Tensor, selected: Tensor) -> tuple[float, float]:
+    """(sum of the selected compared steps, sum of their rows' mean interior steps) over the rows
+    that have interior pairs (see `_row_steps`; value, ok and selected (R,C'), mean (R,)). Sums
+    accumulate in float64."""
+    has_interior = ~torch.isnan(mean)
+    chosen = selected & ok & has_interior.unsqueeze(-1)
+    observed = torch.where(chosen, value, 0.0).sum(dtype=torch.float64)
+    expected = torch.where(has_interior, mean, 0.0) * chosen.sum(-1)
+    return float(observed), float(expected.sum())
 
 
 def seam_figures(task: str, values: Tensor, seams: SeamGeometry) -> dict[str, float]:
@@ -304,11 +313,12 @@ def seam_figures(task: str, values: Tensor, seams: SeamGeometry) -> dict[str, fl
     is nothing to compare (no border pairs, or an interior that never changes).
     """
     dh, dv = pair_steps(task, values.to(seams.owner.device))
-    seam_h, expected_h = _row_ratio(dh, seams.border_h, seams.inner_h)
-    seam_v, expected_v = _row_ratio(dv, seams.border_v, seams.inner_v)
-    wrap = torch.zeros_like(seams.inner_h)
-    wrap[:, -1] = True
-    wrap_sum, wrap_expected = _row_ratio(dh, wrap, seams.inner_h)
+    horizontal, vertical = _row_steps(dh, seams.inner_h), _row_steps(dv, seams.inner_v)
+    seam_h, expected_h = _row_ratio(*horizontal, seams.border_h)
+    seam_v, expected_v = _row_ratio(*vertical, seams.border_v)
+    value, ok, mean = horizontal
+    last = slice(value.shape[1] - 1, None)  # the pairs of the last column with the first
+    wrap_sum, wrap_expected = _row_ratio(value[:, last], ok[:, last], mean, torch.ones_like(ok[:, last]))
 
     def ratio(observed: float, expected: float) -> float:
         return observed / expected if expected > 0 else math.nan
@@ -319,20 +329,20 @@ def seam_figures(task: str, values: Tensor, seams: SeamGeometry) -> dict[str, fl
     }
 
 
-def fused_figures(labels: FusedLabels, geometry: FusionGeometry) -> dict[str, float]:
+def fused_figures(arrays: Mapping[str, Tensor], seams: SeamGeometry) -> dict[str, float]:
     """The seam figures of one panorama's freshly fused labels, for its manifest row.
 
-    Measured on the values as the store keeps them (float16 depth and normals), so that
-    `array_figures` on the stored arrays gives the same numbers.
+    Args:
+        arrays: the label arrays as the store keeps them, as tensors: "depth" (H,W) and
+            "normals" (3,H,W) float16, "semantic" (H,W) uint8 (255 = none); absent tasks left out.
+        seams: the layout's seams at the label resolution (computed once per worker).
+    Measured on the stored values, so that `array_figures` on the store gives the same numbers.
     """
-    seams = SeamGeometry.from_mapping(geometry.mapping)
     out: dict[str, float] = {}
-    if labels.depth is not None:
-        out.update(seam_figures("depth", labels.depth.half().float(), seams))
-    if labels.normals is not None:
-        out.update(seam_figures("normals", labels.normals.half().float(), seams))
-    if labels.semantic is not None:
-        out.update(seam_figures("semantic", labels.semantic, seams))
+    for task in LABEL_TASKS:
+        if task in arrays:
+            values = arrays[task]
+            out.update(seam_figures(task, values.float() if task != "semantic" else values.long(), seams))
     return out
 
 
@@ -352,12 +362,13 @@ def polar_rows(erp_height: int) -> np.ndarray:
     return (lat.abs() > math.radians(POLAR_LATITUDE_DEG)).numpy()
 
 
-def array_figures(spec: StoreSpec, arrays: Mapping[str, np.ndarray], seams: SeamGeometry) -> dict[str, Any]:
+def array_figures(spec: StoreSpec, arrays: Mapping[str, np.ndarray], seams: SeamGeometry | None) -> dict[str, Any]:
     """Every figure the stored arrays of one panorama determine.
 
     Args:
         arrays: the panorama's arrays as `LabelStore.read` returns them.
-        seams: the store's `SeamGeometry.for_store`.
+        seams: the store's `SeamGeometry.for_store`; None for a store without a patch layout
+            (ground truth, predictions), which has no seam figures.
     Returns:
         per task: `<task>_coverage`, `<task>_coverage_polar`, `<task>_confidence_mean` and the
         seam figures; `semantic_histogram` (share of labelled pixels per class id).
@@ -370,8 +381,9 @@ def array_figures(spec: StoreSpec, arrays: Mapping[str, np.ndarray], seams: Seam
         out[f"{task}_coverage"] = float(has.mean())
         out[f"{task}_coverage_polar"] = float(has[polar].mean())
         out[f"{task}_confidence_mean"] = float(conf[has].mean()) if has.any() else 0.0
-        values = torch.from_numpy(arrays[task].astype(np.float32 if task != "semantic" else np.int64))
-        out.update(seam_figures(task, values, seams))
+        if seams is not None:
+            values = torch.from_numpy(arrays[task].astype(np.float32 if task != "semantic" else np.int64))
+            out.update(seam_figures(task, values, seams))
         if task == "semantic":
             hist = np.bincount(arrays["semantic"][has].astype(np.int64), minlength=len(spec.class_names))
             out["semantic_histogram"] = (hist / max(int(hist.sum()), 1)).tolist()
@@ -379,158 +391,71 @@ def array_figures(spec: StoreSpec, arrays: Mapping[str, np.ndarray], seams: Seam
 
 
 # ---------------------------------------------------------------------- ground truth
-def ground_truth_files(folder: Path, pano_id: str) -> dict[str, Path]:
-    """The ground-truth files of a panorama in a folder of `mtpano synth`'s gt/ format:
-    `<name>_depth.png`, `<name>_normals.png`, `<name>_semantic.png`, where name is the last
-    path component of the panorama id. Tasks without a file are left out."""
-    name = pano_id.rsplit("/", 1)[-1]
-    files = {task: Path(folder) / f"{name}{suffix}" for task, suffix in groundtruth.TASK_SUFFIX.items()}
-    return {task: path for task, path in files.items() if path.is_file()}
+# The per-panorama ground-truth columns and the evaluation.metrics figure each one is.
+GT_FIGURES = {
+    "depth_gt_absrel": "depth_absrel",
+    "depth_gt_rmse": "depth_rmse",
+    "depth_gt_delta1": "depth_delta1",
+    "normals_gt_mean_deg": "normals_mean_deg",
+    "normals_gt_median_deg": "normals_median_deg",
+    "normals_gt_within_11_25": "normals_within_11_25",
+    "semantic_gt_accuracy": "semantic_pixel_accuracy",
+    "semantic_gt_miou": "semantic_miou",
+}
 
 
-def read_ground_truth(files: Mapping[str, Path], erp_height: int) -> dict[str, np.ndarray]:
-    """Ground-truth maps resampled to the label grid (H x 2H).
-
-    Returns per task: depth (H,W) float32 range in metres, NaN = invalid; normals (3,H,W)
-    float32 unit world-frame normals, NaN = invalid; semantic (H,W) uint8 ids, 255 = ignore.
-    Depth and normals are averaged over the valid ground-truth pixels each label pixel covers
-    (normals renormalised); semantic ids are sampled at the nearest pixel.
-    """
-    readers = {
-        "depth": groundtruth.read_depth,
-        "normals": groundtruth.read_normals,
-        "semantic": groundtruth.read_semantic,
-    }
-    out = {}
-    for task, path in files.items():
-        value = readers[task](Path(path))
-        h, w = value.shape[-2:]
-        if w != 2 * h:
-            raise ValueError(f"{path}: ground truth must be an ERP image (W = 2H), got {w}x{h}")
-        out[task] = resample_to_labels(task, value, erp_height)
-    return out
+def _gt_batch(
+    spec: StoreSpec, arrays: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray]
+) -> tuple[tuple[str, ...], dict[str, Tensor], dict[str, Tensor]]:
+    """The tasks with both labels and ground truth, and both as a batch of one panorama
+    (depth (1,H,W), semantic (1,H,W), normals (1,3,H,W)) for evaluation.metrics."""
+    tasks = tuple(t for t in spec.tasks if t in gt)
+    labels = {t: torch.from_numpy(np.ascontiguousarray(arrays[t]))[None] for t in tasks}
+    truth = {t: torch.from_numpy(np.ascontiguousarray(gt[t]))[None] for t in tasks}
+    return tasks, labels, truth
 
 
-def resample_to_labels(task: str, value: np.ndarray, erp_height: int) -> np.ndarray:
-    """One ground-truth map (see `read_ground_truth`) on the H x 2H label grid."""
-    size = (2 * erp_height, erp_height)  # cv2 takes (width, height)
-    if value.shape[-2:] == (erp_height, 2 * erp_height):
-        return value
-    if task == "semantic":
-        return cv2.resize(value, size, interpolation=cv2.INTER_NEAREST)
-    channels = value if value.ndim == 3 else value[None]  # (C,h,w)
-    valid = np.isfinite(channels).all(0).astype(np.float32)  # (h,w)
-    weight = cv2.resize(valid, size, interpolation=cv2.INTER_AREA)  # (H,W)
-    sums = np.stack([cv2.resize(np.nan_to_num(c) * valid, size, interpolation=cv2.INTER_AREA) for c in channels])
-    mean = np.where(weight > 0, sums / np.maximum(weight, 1e-12), np.nan)  # (C,H,W)
-    if task == "normals":
-        norm = np.linalg.norm(mean, axis=0, keepdims=True)
-        return np.where(norm > 1e-6, mean / np.maximum(norm, 1e-6), np.nan).astype(np.float32)
-    return mean[0].astype(np.float32)
-
-
-def metric_depth(depth: np.ndarray, gt: np.ndarray, depth_kind: str) -> np.ndarray:
-    """(H,W) depth labels as range in metres, for comparison with the ground truth `gt`.
-
-    Metric stores hold range already. Relative stores hold aligned disparity (inverse range up
-    to one global scale and shift): one affine fit a*q + b ~ 1/gt over the pixels valid in
-    both (least squares), then range = 1/(a*q + b); pixels whose fitted inverse range is not
-    positive become NaN.
-    """
-    depth = depth.astype(np.float64)
-    if depth_kind == "metric_range":
-        return depth
-    valid = np.isfinite(depth) & np.isfinite(gt) & (gt > 0)
-    if valid.sum() < 2:
-        return np.full_like(depth, np.nan)
-    A = np.stack((depth[valid], np.ones(int(valid.sum()))), 1)  # (n,2)
-    (a, b), *_ = np.linalg.lstsq(A, 1.0 / gt[valid].astype(np.float64), rcond=None)
-    inverse = a * depth + b
-    return np.where(inverse > 0, 1.0 / np.where(inverse > 0, inverse, 1.0), np.nan)
-
-
-def depth_metrics(depth: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """AbsRel, RMSE (metres) and δ<1.25 of range `depth` against `gt` over the pixels where both
-    are finite and positive (see `metric_depth` for relative stores)."""
-    valid = np.isfinite(depth) & np.isfinite(gt) & (depth > 0) & (gt > 0)
-    if not valid.any():
-        return {"depth_gt_absrel": math.nan, "depth_gt_rmse": math.nan, "depth_gt_delta1": math.nan}
-    d, g = depth[valid].astype(np.float64), gt[valid].astype(np.float64)
-    return {
-        "depth_gt_absrel": float(np.mean(np.abs(d - g) / g)),
-        "depth_gt_rmse": float(np.sqrt(np.mean((d - g) ** 2))),
-        "depth_gt_delta1": float(np.mean(np.maximum(d / g, g / d) < DELTA1)),
-    }
-
-
-def normal_angles(normals: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """(H,W) angle in degrees between (3,H,W) normals and the true ones, NaN where either is missing."""
-    n = normals.astype(np.float64)
-    g = gt.astype(np.float64)
-    cos = (n * g).sum(0) / (np.linalg.norm(n, axis=0) * np.linalg.norm(g, axis=0))
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-
-
-def normals_metrics(normals: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """Mean and median angular error (degrees) and the share within 11.25°, over the pixels
-    where both the labels and the ground truth have a normal."""
-    angles = normal_angles(normals, gt)
-    a = angles[np.isfinite(angles)]
-    if not a.size:
-        return dict.fromkeys(("normals_gt_mean_deg", "normals_gt_median_deg", "normals_gt_within_11_25"), math.nan)
-    return {
-        "normals_gt_mean_deg": float(a.mean()),
-        "normals_gt_median_deg": float(np.median(a)),
-        "normals_gt_within_11_25": float(np.mean(a < NORMAL_GOOD_DEG)),
-    }
-
-
-def semantic_metrics(semantic: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """Pixel accuracy and mIoU over the pixels where both the labels and the ground truth have
-    a class (255 = none). IoU_c = |label = c and gt = c| / |label = c or gt = c| over those
-    pixels; mIoU is its mean over the classes present in either."""
-    valid = (semantic != IGNORE_ID) & (gt != IGNORE_ID)
-    if not valid.any():
-        return {"semantic_gt_accuracy": math.nan, "semantic_gt_miou": math.nan}
-    p, g = semantic[valid].astype(np.int64), gt[valid].astype(np.int64)
-    n = int(max(p.max(), g.max())) + 1
-    both = np.bincount(p[p == g], minlength=n)
-    union = np.bincount(p, minlength=n) + np.bincount(g, minlength=n) - both
-    present = union > 0
-    return {
-        "semantic_gt_accuracy": float(np.mean(p == g)),
-        "semantic_gt_miou": float(np.mean(both[present] / union[present])),
-    }
+def _gt_config(tasks: tuple[str, ...]) -> metrics.MetricConfig:
+    # Class ids up to 254; a pixel the labels leave empty is not compared (coverage is a
+    # figure of its own); depth valid wherever the ground truth is finite and positive.
+    return metrics.MetricConfig(tasks=tasks, num_classes=IGNORE_ID, missing_class_is_wrong=False)
 
 
 def gt_figures(spec: StoreSpec, arrays: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """The ground-truth metrics of every task that has both labels and ground truth."""
-    out: dict[str, float] = {}
-    if "depth" in spec.tasks and "depth" in gt:
-        out.update(depth_metrics(metric_depth(arrays["depth"], gt["depth"], spec.depth_kind), gt["depth"]))
-    if "normals" in spec.tasks and "normals" in gt:
-        out.update(normals_metrics(arrays["normals"], gt["normals"]))
-    if "semantic" in spec.tasks and "semantic" in gt:
-        out.update(semantic_metrics(arrays["semantic"], gt["semantic"]))
-    return out
+    """The ground-truth metrics (GT_FIGURES) of every task that has both labels and ground
+    truth: `evaluation.metrics` on this one panorama with the labels as the prediction, over
+    the pixels where both have a value. Relative depth labels are first fitted to the ground
+    truth in disparity (`evaluation.metrics.depth_pairs`)."""
+    tasks, labels, truth = _gt_batch(spec, arrays, gt)
+    if not tasks:
+        return {}
+    meter = metrics.Meter(_gt_config(tasks))
+    row = meter.update(labels, truth, [""], pred_depth_metric=spec.depth_kind == "metric_range")[0]
+    return {column: row[name] for column, name in GT_FIGURES.items() if name in row}
 
 
 def error_maps(
     spec: StoreSpec, arrays: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Per-pixel errors against the ground truth, (H,W) float64 each, NaN where not compared:
-    depth |d - d*| / d* (range in metres, see `metric_depth`); normals the angle in degrees;
-    semantic 1 where the class is wrong, 0 where it is right."""
+    depth |d - d*| / d* (range in metres, relative labels fitted as in `gt_figures`); normals
+    the angle in degrees; semantic 1 where the class is wrong, 0 where it is right."""
+    tasks, labels, truth = _gt_batch(spec, arrays, gt)
     out = {}
-    if "depth" in spec.tasks and "depth" in gt:
-        d = metric_depth(arrays["depth"], gt["depth"], spec.depth_kind)
-        g = gt["depth"].astype(np.float64)
-        ok = np.isfinite(d) & np.isfinite(g) & (g > 0)
-        out["depth"] = np.where(ok, np.abs(d - g) / np.where(ok, g, 1.0), np.nan)
-    if "normals" in spec.tasks and "normals" in gt:
-        out["normals"] = normal_angles(arrays["normals"], gt["normals"])
-    if "semantic" in spec.tasks and "semantic" in gt:
-        s, g = arrays["semantic"], gt["semantic"]
-        ok = (s != IGNORE_ID) & (g != IGNORE_ID)
-        out["semantic"] = np.where(ok, (s != g).astype(np.float64), np.nan)
+    if "depth" in tasks:
+        depth, true_depth, scored = metrics.depth_pairs(
+            labels["depth"],
+            truth["depth"],
+            torch.ones(truth["depth"].shape, dtype=torch.bool),
+            _gt_config(tasks),
+            pred_metric=spec.depth_kind == "metric_range",
+        )
+        absrel = metrics.depth_errors(depth, true_depth)["absrel"]
+        out["depth"] = torch.where(scored, absrel, math.nan)[0].numpy()
+    if "normals" in tasks:
+        out["normals"] = metrics.normal_angles(labels["normals"], truth["normals"], dim=1)[0].numpy()
+    if "semantic" in tasks:
+        s, g = labels["semantic"][0].long(), truth["semantic"][0].long()
+        compared = (s != IGNORE_ID) & (g != IGNORE_ID)
+        out["semantic"] = torch.where(compared, (s != g).double(), math.nan).numpy()
     return out

@@ -1,10 +1,11 @@
-"""The driver of `mtpano labels`: find the panoramas, prepare the store, stream the work to
-Ray workers, show progress, and summarise.
+"""The driver of `mtpano labels` and `mtpano predict`: find the panoramas, prepare the store,
+stream the work to Ray workers, show progress, and summarise.
 
-The panoramas flow through Ray Data: a CPU stage decodes them (`labeler.decode_batch`) and an
-actor pool of `labeler.PanoramaLabeler` (one actor per GPU, or N CPU workers) labels and
-writes them. The driver only reads the workers' small result rows, so it stays light;
-it consolidates the store's manifest now and then and at the end.
+The panoramas flow through Ray: CPU tasks decode them (`images.decode_batch`) and actors of
+a worker class (`labeler.PanoramaLabeler`, `predictor.PanoramaPredictor`; one per GPU, or N
+CPU workers) label or predict them and write them. The driver
+only reads the workers' small result rows, so it stays light; it consolidates the store's
+manifest now and then and at the end.
 
 Resuming: a panorama whose row says `ok` is skipped; every other one (pending, failed, or
 cut off by a crash before its row was written) is redone from scratch, so a run that was
@@ -25,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import LabelConfig, RunOptions
-from pipeline.images import find_panoramas
-from pipeline.labeler import PanoramaLabeler, decode_batch
+from pipeline.images import decode_batch, find_panoramas
+from pipeline.labeler import PanoramaLabeler
 from pipeline.teachers.base import METRIC_ZDEPTH, TeacherError
 from pipeline.teachers.registry import ResolvedTeacher, check_teacher_set, resolve
 from storage.labelstore import STATUS_FAILED, STATUS_OK, LabelStore, PanoramaEntry, StoreError, StoreSpec
@@ -148,18 +149,28 @@ def _start_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    # Ray's own chatter (start-up notes, Data's execution plans) would bury the progress bar;
+    # Ray's own chatter (start-up notes) would bury the progress bar;
     # its errors still surface as exceptions, and workers' output is still forwarded.
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
-    ray.init(
-        # "local": a new instance, never a cluster some earlier `ray start` left on this node.
-        address=address or "local",
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
-        include_dashboard=False,
-        logging_level=logging.ERROR,
-    )
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    python_path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
+    if address:
+        # Workers on other machines get the driver's import path through the job's runtime env.
+        ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": python_path}}, **options)
+        return
+    # A local instance ("local": never a cluster some earlier `ray start` left on this node)
+    # inherits this process's environment: its workers get the import path from it, which
+    # lets them start as plain workers (a runtime env would make Ray start dedicated ones,
+    # seconds later).
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = python_path
+    try:
+        ray.init(address="local", **options)
+    finally:
+        if previous is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = previous
 
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -185,10 +196,36 @@ def run_labels(
         UsageError: bad data path, teacher spec or store (nothing was written).
     """
     try:
-        found = find_panoramas(data)
         teachers = resolve_teachers(config)
         spec = store_spec(config, teachers)
-    except (OSError, ValueError, TeacherError) as err:
+    except (ValueError, TeacherError) as err:
+        raise UsageError(str(err)) from None
+    kwargs = {"config": config, "teachers": teachers}
+    return run_store(data, out, spec, PanoramaLabeler, kwargs, options, on_start, on_result)
+
+
+def run_store(
+    data: str,
+    out: str,
+    spec: StoreSpec,
+    worker: type,
+    worker_kwargs: dict[str, Any],
+    options: RunOptions,
+    on_start: Callable[[int, int], None] | None = None,
+    on_result: ProgressCallback | None = None,
+) -> RunSummary:
+    """Fill the store at `out` (made with `spec`) with the panoramas of `data`, one worker per
+    GPU (or `options.workers`), in this process or on Ray actors.
+
+    `worker` is built once per process as `worker(store_url=..., threads=..., **worker_kwargs)`
+    and called with `images.decode_batch` results; it writes each panorama's arrays and row
+    itself and returns their result rows (`PanoramaLabeler`, `predictor.PanoramaPredictor`).
+    Raises:
+        UsageError: bad data path or store (nothing was written).
+    """
+    try:
+        found = find_panoramas(data)
+    except (OSError, ValueError) as err:
         raise UsageError(str(err)) from None
     from mtpano import __version__
 
@@ -203,9 +240,9 @@ def run_labels(
         on_start(len(todo), summary.done_before)
     started = time.perf_counter()
     if todo:
-        label = _label_in_process if options.in_process else _label_with_ray
+        run = _run_in_process if options.in_process else _run_with_ray
         try:
-            label(store, todo, config, teachers, options, summary, on_result)
+            run(store, todo, worker, worker_kwargs, options, summary, on_result)
         finally:
             store.consolidate()
     summary.seconds = time.perf_counter() - started
@@ -222,16 +259,16 @@ def _count(summary: RunSummary, result: dict[str, Any], on_result: ProgressCallb
         on_result(result)
 
 
-def _label_in_process(
+def _run_in_process(
     store: LabelStore,
     todo: list[dict[str, Any]],
-    config: LabelConfig,
-    teachers: dict[str, ResolvedTeacher],
+    worker: type,
+    worker_kwargs: dict[str, Any],
     options: RunOptions,
     summary: RunSummary,
     on_result: ProgressCallback | None,
 ) -> None:
-    labeler = PanoramaLabeler(store.url, config, teachers, threads=options.threads_per_worker)
+    built = worker(store_url=store.url, threads=options.threads_per_worker, **worker_kwargs)
     step = options.panoramas_per_call
     for start in range(0, len(todo), step):
         chunk = todo[start : start + step]
@@ -240,41 +277,67 @@ def _label_in_process(
             "pano_id": np.array([r["pano_id"] for r in chunk], dtype=object),
             "source": np.array([r["source"] for r in chunk], dtype=object),
         }
-        results = labeler(decode_batch(batch))
+        results = built(decode_batch(batch))
         for k in range(len(chunk)):
             _count(summary, {key: values[k] for key, values in results.items()}, on_result)
 
 
-def _label_with_ray(
+class _Actor:
+    """A Ray actor that builds a worker (a `PanoramaLabeler`, a `PanoramaPredictor`) in its own
+    process once, then hands it one call of panoramas at a time."""
+
+    def __init__(self, worker: type, kwargs: dict[str, Any]) -> None:
+        self.worker = worker(**kwargs)
+
+    def call(self, *decoded: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Run the worker on the panoramas of `decoded` (one `decode_batch` result each) in one call."""
+        joined = {key: [value for d in decoded for value in d[key]] for key in decoded[0]}
+        return self.worker({key: values if key == "image" else np.array(values) for key, values in joined.items()})
+
+
+def _run_with_ray(
     store: LabelStore,
     todo: list[dict[str, Any]],
-    config: LabelConfig,
-    teachers: dict[str, ResolvedTeacher],
+    worker: type,
+    worker_kwargs: dict[str, Any],
     options: RunOptions,
     summary: RunSummary,
     on_result: ProgressCallback | None,
 ) -> None:
+    """Stream the panoramas to Ray actors: each call's panoramas are decoded by CPU tasks (one
+    each) while the actors work, and every actor has the next call queued behind its current
+    one. A worker process that dies is restarted and its call retried."""
     import ray
-    import ray.data
 
     _start_ray(options.address)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
     workers, resources, threads = _worker_resources(options)
-    items = [{"index": int(r["index"]), "pano_id": r["pano_id"], "source": r["source"]} for r in todo]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(decode_batch, batch_size=1, num_cpus=_DECODE_CPUS)
-    ds = ds.map_batches(
-        PanoramaLabeler,
-        fn_constructor_kwargs={"store_url": store.url, "config": config, "teachers": teachers, "threads": threads},
-        batch_size=options.panoramas_per_call,
-        compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
-        **resources,
-    )
+    step = options.panoramas_per_call
+    calls = iter([todo[i : i + step] for i in range(0, len(todo), step)])
+    decode = ray.remote(num_cpus=_DECODE_CPUS)(decode_batch)
+    actor_class = ray.remote(_Actor).options(max_restarts=-1, max_task_retries=-1, **resources)
+    kwargs = {"store_url": store.url, "threads": threads, **worker_kwargs}
+    actors = [actor_class.remote(worker, kwargs) for _ in range(min(workers, -(-len(todo) // step)))]
+    running: dict[Any, Any] = {}  # the result of a call -> its actor
+
+    def submit(actor: Any) -> None:
+        chunk = next(calls, None)
+        if chunk is not None:
+            decoded = [
+                decode.remote({key: np.array([r[key]]) for key in ("index", "pano_id", "source")}) for r in chunk
+            ]
+            running[actor.call.remote(*decoded)] = actor
+
+    for actor in actors:
+        submit(actor)
+        submit(actor)
     last = time.perf_counter()
-    for result in ds.iter_rows():
-        _count(summary, result, on_result)
+    while running:
+        (done,), _ = ray.wait(list(running), num_returns=1)
+        actor = running.pop(done)
+        results = ray.get(done)
+        for k in range(len(results["index"])):
+            _count(summary, {key: values[k] for key, values in results.items()}, on_result)
+        submit(actor)
         if time.perf_counter() - last > options.consolidate_every_s:
             store.consolidate()
             last = time.perf_counter()

@@ -12,6 +12,11 @@ follow the patch's true shape at the poles, so 20 patches cost about as much as 
 full-ERP passes, not twenty. Tiles whose cones lie entirely inside all four planes (most
 of a footprint) are taken whole; only the tiles on a patch's border are tested pixel by
 pixel. Entries are grouped by patch, so fusion runs patch by patch with bounded memory.
+
+`SlotLayout` stores the entries per pixel instead (the s-th patch that sees a pixel in slot s),
+so that sums, maxima and counts over the patches that see each pixel are a few elementwise
+passes; `read_points` reads a map at arbitrary points with one grid_sample call, and
+`BilinearCorners` says which four map pixels, with which weights, grid_sample reads a point from.
 """
 
 from __future__ import annotations
@@ -119,6 +124,129 @@ def patch_footprints(cameras: PatchCameras, erp_height: int, tile: int = TILE) -
 
 
 @dataclass(frozen=True)
+class SlotLayout:
+    """A compact per-pixel layout of the M entries of a `PatchToErp`, in which reducing over the
+    patches that see each pixel is a few elementwise passes.
+
+    Pixels are taken in *compact order*: the ones seen by the most patches first (then by
+    raster index). Slot s of pixel q holds the entry of the (s+1)-th patch, in patch order,
+    that sees q; slot s of every pixel seen more than s times is stored contiguously, pixels in
+    compact order, so slot s is positions [starts[s], starts[s+1]) and covers compact pixels
+    [0, starts[s+1] - starts[s]). Every position holds exactly one entry.
+
+    Fields:
+        position: (M,) int64 position of each entry (in the mapping's order).
+        entry: (M,) int64 the entry (mapping order) at each position: the inverse of `position`.
+        starts: S + 1 ints, S the most patches that see one pixel.
+        order: (H*W,) int64 raster index v * W + u of each compact pixel.
+        rank: (H*W,) int64 compact index of each raster pixel (the inverse of `order`).
+        count: (H*W,) int64 patches that see each pixel, raster order.
+    """
+
+    position: Tensor
+    entry: Tensor
+    starts: tuple[int, ...]
+    order: Tensor
+    rank: Tensor
+    count: Tensor
+
+    @property
+    def slots(self) -> int:
+        return len(self.starts) - 1
+
+    def slot(self, s: int) -> slice:
+        """Positions of slot s."""
+        return slice(self.starts[s], self.starts[s + 1])
+
+    def reduce(self, values: Tensor, op: str = "sum", overwrite: bool = False) -> Tensor:
+        """Per-pixel reduction over the slots: (..., M) in position order -> (..., H*W) in compact
+        order; op is "sum", "amax" or "amin" (booleans are counted, as int32). Slots are taken
+        in order, so a sum adds a pixel's patches in patch order. Pixels without entries get 0
+        (sum) or -inf / +inf (amax / amin). With `overwrite`, a floating `values` that the
+        caller no longer needs may hold the result (no copy when every pixel is seen)."""
+        fill = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}[op]
+        if not values.is_floating_point():
+            values, overwrite = values.to(torch.int32 if op == "sum" else torch.float32), True
+        first = values[..., self.slot(0)] if self.slots else values[..., :0]
+        if overwrite and first.shape[-1] == len(self.order):
+            out = first
+        else:
+            out = torch.empty((*values.shape[:-1], len(self.order)), dtype=values.dtype, device=values.device)
+            out[..., : first.shape[-1]] = first
+            out[..., first.shape[-1] :] = fill
+        for s in range(1, self.slots):
+            part = values[..., self.slot(s)]
+            head = out[..., : part.shape[-1]]
+            if op == "sum":
+                head += part
+            elif op == "amax":
+                torch.maximum(head, part, out=head)
+            else:
+                torch.minimum(head, part, out=head)
+        return out
+
+    def reduce_argmax(self, values: Tensor, labels: Tensor) -> Tensor:
+        """Per pixel, the label (M,) of its slot with the largest value (M,) (the first on ties),
+        in compact order; -1 for pixels without entries."""
+        n = self.starts[1] if self.slots else 0
+        best = values[:n].clone()
+        out = torch.full((len(self.order),), -1, dtype=labels.dtype, device=labels.device)
+        out[:n] = labels[:n]
+        for s in range(1, self.slots):
+            part, part_labels = values[self.slot(s)], labels[self.slot(s)]
+            head, head_labels = best[: len(part)], out[: len(part)]
+            larger = part > head
+            head_labels.copy_(torch.where(larger, part_labels, head_labels))
+            torch.maximum(head, part, out=head)
+        return out
+
+    def to_slots(self, values: Tensor) -> Tensor:
+        """(..., M) per-entry values in the mapping's order -> the same in position order."""
+        if values.ndim == 1:
+            return values.index_select(0, self.entry)
+        out = torch.empty_like(values)
+        for row, source in zip(out.view(-1, values.shape[-1]), values.reshape(-1, values.shape[-1]), strict=True):
+            torch.index_select(source, 0, self.entry, out=row)
+        return out
+
+    def broadcast(self, pixel_values: Tensor) -> Tensor:
+        """Per-pixel values (..., H*W) in compact order -> (..., M) the value of each slot's pixel."""
+        return torch.cat([pixel_values[..., : self.starts[s + 1] - self.starts[s]] for s in range(self.slots)], -1)
+
+    def pairs(self, max_pairs: int) -> Tensor:
+        """Positions (K,2) of an even subsample of the pairs of entries that see the same pixel.
+
+        All pairs are listed by gap g = 1..S-1 between their slots, then by the pixel's raster
+        index, then by the first slot s (the pair is slots s and s + g); every ceil(N /
+        max_pairs)-th of the N pairs is kept, in that order. Computed per (g, s) from running
+        counts, without listing all the pairs.
+        """
+        device = self.count.device
+        total = sum(int((self.count - g).clamp_min(0).sum()) for g in range(1, self.slots))
+        stride = max(1, math.ceil(total / max(1, max_pairs)))
+        keys, firsts, seconds = [], [], []
+        offset = 0
+        for g in range(1, self.slots):
+            per_pixel = (self.count - g).clamp_min(0)  # pairs of gap g at each pixel
+            base = offset + torch.cumsum(per_pixel, 0) - per_pixel  # index of the pixel's first pair
+            for s in range(self.slots - g):
+                key = base + s
+                pixels = torch.nonzero((per_pixel > s) & (key % stride == 0)).squeeze(1)
+                keys.append(key[pixels])
+                firsts.append(self.starts[s] + self.rank[pixels])
+                seconds.append(self.starts[s + g] + self.rank[pixels])
+            offset += int(per_pixel.sum())
+        if not keys:
+            return torch.zeros(0, 2, dtype=torch.int64, device=device)
+        order = torch.argsort(torch.cat(keys))
+        return torch.stack((torch.cat(firsts)[order], torch.cat(seconds)[order]), 1)
+
+    def to_raster(self, values: Tensor) -> Tensor:
+        """(..., H*W) values in compact order -> (..., H*W) in raster order."""
+        return values.index_select(-1, self.rank)
+
+
+@dataclass(frozen=True)
 class PatchToErp:
     """Correspondences from ERP pixels to the patches that see them (see module doc).
 
@@ -181,33 +309,11 @@ class PatchToErp:
         return grid[None, None]  # (1,1,M_n,2)
 
     def _read(self, values: Tensor, patch: int, mode: SampleMode) -> list[tuple[slice, Tensor]]:
-        """Read one patch's map (C,h,w) at its entries with one grid_sample call.
-
-        The entries are split into equal batch rows of one expanded (not copied) input, because
-        the CPU kernel parallelises over batch rows only. Returns (entry slice, (C,L) values)
-        per row, in the work dtype (float32 or float64), in entry order.
-        """
+        """Read one patch's map (C,h,w) at its entries (see `read_points`). Returns (entry slice,
+        (C,L) values) per batch row, in the work dtype (float32 or float64), in entry order."""
         sl = self.entries_of(patch)
-        count = sl.stop - sl.start
-        if count == 0:
-            return []
-        rows = min(torch.get_num_threads(), count) if values.device.type == "cpu" else 1
-        length = -(-count // rows)
         grid = self.grid(patch).to(device=values.device, dtype=values.dtype)[0, 0]  # (M_n,2)
-        if rows * length > count:
-            grid = F.pad(grid, (0, 0, 0, rows * length - count))  # (rows*length,2), tail read and dropped
-        out = F.grid_sample(
-            values[None].expand(rows, -1, -1, -1),
-            grid.view(rows, 1, length, 2),
-            mode=mode,
-            padding_mode="border",
-            align_corners=False,
-        )  # (rows,C,1,length)
-        pieces = []
-        for r, start in enumerate(range(sl.start, sl.stop, length)):
-            stop = min(start + length, sl.stop)
-            pieces.append((slice(start, stop), out[r, :, 0, : stop - start]))  # (C,L) view
-        return pieces
+        return [(slice(sl.start + r.start, sl.start + r.stop), out) for r, out in read_points(values, grid, mode)]
 
     @staticmethod
     def _work_values(values: Tensor, mode: SampleMode) -> Tensor:
@@ -301,11 +407,124 @@ class PatchToErp:
         first = first.scatter_reduce(0, index, candidate, reduce="amin")
         return torch.where(first == len(self), -1, first).view(self.erp_height, self.erp_width)
 
+    def slot_layout(self) -> SlotLayout:
+        """A compact per-pixel layout of the entries (see `SlotLayout`), without sorting."""
+        index = self.erp_index.long()
+        hw = self.erp_height * self.erp_width
+        device = index.device
+        count = torch.bincount(index, minlength=hw)
+        slots = int(count.max()) if hw else 0
+        # Most-seen pixels first, then by raster index: a counting sort.
+        order = torch.cat([torch.nonzero(count == c).squeeze(1) for c in range(slots, -1, -1)])
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(hw, device=device)
+        # The slot of an entry: how many patches before its own see its pixel.
+        slot = torch.empty_like(index)
+        earlier = torch.zeros(hw, dtype=torch.int64, device=device)
+        for n in range(self.num_patches):
+            pixels = index[self.entries_of(n)]
+            slot[self.entries_of(n)] = earlier.index_select(0, pixels)
+            earlier.index_add_(0, pixels, torch.ones_like(pixels))
+        starts = [0]
+        for s in range(slots):
+            starts.append(starts[-1] + int((count > s).sum()))
+        position = torch.tensor(starts[:-1], dtype=torch.int64, device=device)[slot] + rank[index]
+        entry = torch.empty_like(position)
+        entry[position] = torch.arange(len(position), device=device)
+        return SlotLayout(position, entry, tuple(starts), order, rank, count)
+
     def centre_distance(self) -> Tensor:
         """(M,) distance of each entry from its patch centre, in units of half the patch width."""
         dx = self.x - self.patch_width / 2.0
         dy = self.y - self.patch_height / 2.0
         return torch.sqrt(dx * dx + dy * dy) / (self.patch_width / 2.0)
+
+
+def read_points(values: Tensor, grid: Tensor, mode: SampleMode = "bilinear") -> list[tuple[range, Tensor]]:
+    """Read a (C,h,w) map at L points with one grid_sample call (align_corners=False, border).
+
+    The points are split into equal batch rows of one expanded (not copied) input, because the
+    CPU kernel parallelises over batch rows only.
+
+    Args:
+        values: (C,h,w) float32 or float64 map.
+        grid: (L,2) normalised (x, y) coordinates in [-1, 1], in the dtype of `values`.
+    Returns:
+        (point range, (C,L') values) per batch row, in point order; the values are views.
+    """
+    count = grid.shape[0]
+    if count == 0:
+        return []
+    rows = min(torch.get_num_threads(), count) if values.device.type == "cpu" else 1
+    length = -(-count // rows)
+    if rows * length > count:
+        grid = F.pad(grid, (0, 0, 0, rows * length - count))  # (rows*length,2), tail read and dropped
+    out = F.grid_sample(
+        values[None].expand(rows, -1, -1, -1),
+        grid.view(rows, 1, length, 2),
+        mode=mode,
+        padding_mode="border",
+        align_corners=False,
+    )  # (rows,C,1,length)
+    pieces = []
+    for r, start in enumerate(range(0, count, length)):
+        stop = min(start + length, count)
+        pieces.append((range(start, stop), out[r, :, 0, : stop - start]))  # (C,L') view
+    return pieces
+
+
+def sample_points(values: Tensor, grid: Tensor, mode: SampleMode = "bilinear") -> Tensor:
+    """(C,h,w) map read at (L,2) normalised points (see `read_points`): (C,L) in its dtype."""
+    pieces = [out for _, out in read_points(values, grid, mode)]
+    return torch.cat(pieces, 1) if len(pieces) > 1 else (pieces[0] if pieces else values.new_empty(values.shape[0], 0))
+
+
+@dataclass(frozen=True)
+class BilinearCorners:
+    """The four map pixels and weights with which grid_sample (bilinear, align_corners=False,
+    border padding) reads L points of (h,w) maps, so that per-pixel statistics of a map can be
+    interpolated without reading all of its channels.
+
+    Fields:
+        x0, y0: (L,) int16 column and row of each point's top-left pixel, clamped into the map.
+            Its right and lower neighbours are x0 + 1 and y0 + 1, or x0 and y0 themselves on the
+            last column and row, where their weight is 0.
+        tx, ty: (L,) float32 weights of the right column and of the lower row, in [0, 1).
+        height, width: the maps' (h, w), below 2^15.
+    """
+
+    x0: Tensor
+    y0: Tensor
+    tx: Tensor
+    ty: Tensor
+    height: int
+    width: int
+
+    @classmethod
+    def of_grid(cls, grid: Tensor, height: int, width: int) -> BilinearCorners:
+        """Corners of the normalised (L,2) float32 grid_sample points `grid` in (height, width)
+        maps, computed as grid_sample computes them (in float32)."""
+        if max(height, width) >= 1 << 15:
+            raise ValueError(f"maps of {height}x{width} pixels are too large")
+        size = torch.tensor([width, height], dtype=torch.float32, device=grid.device)
+        pixel = ((grid.float() + 1.0) * size - 1.0) / 2.0  # (L,2) continuous pixel, centres at integers
+        pixel = torch.minimum(pixel.clamp_min_(0.0), size - 1.0)  # border padding
+        corner = pixel.floor()
+        frac = pixel.sub_(corner)
+        lo = corner.to(torch.int16)
+        return cls(lo[:, 0], lo[:, 1], frac[:, 0], frac[:, 1], height, width)
+
+    def read(self, points: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """The corners of `points`: (4,L') int32 flat map pixels y * w + x and (4,L') float32
+        bilinear weights, in the order top-left, top-right, bottom-left, bottom-right."""
+        x0, y0 = self.x0[points].int(), self.y0[points].int()
+        tx, ty = self.tx[points], self.ty[points]
+        top_left = y0 * self.width + x0
+        right = (x0 < self.width - 1).int()
+        below = (y0 < self.height - 1).int() * self.width
+        flat = torch.stack((top_left, top_left + right, top_left + below, top_left + below + right))
+        sx, sy = 1.0 - tx, 1.0 - ty
+        return flat, torch.stack((sx * sy, tx * sy, sx * ty, tx * ty))
 
 
 def _index_add(sums: Tensor, index: Tensor, values: Tensor) -> None:

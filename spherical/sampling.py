@@ -80,7 +80,16 @@ def erp_sampling_grid(cameras: PatchCameras, erp_height: int) -> Tensor:
     return _patch_grid(cameras, erp_height).flatten(0, 1)  # (N,h,w,2) -> (N*h,w,2)
 
 
-def erp_to_patches(erp: Tensor, cameras: PatchCameras, mode: SampleMode = "bilinear") -> Tensor:
+def patch_sampling_grid(cameras: PatchCameras, erp_height: int) -> Tensor:
+    """(N,h,w,2) grid_sample coordinates of every patch pixel in a padded ERP of height
+    `erp_height` (see `pad_erp`), in the cameras' dtype: what `erp_to_patches` reads with,
+    computed once for a layout and an ERP size."""
+    return _patch_grid(cameras, erp_height)
+
+
+def erp_to_patches(
+    erp: Tensor, cameras: PatchCameras, mode: SampleMode = "bilinear", grid: Tensor | None = None
+) -> Tensor:
     """Sample perspective patches from ERP images.
 
     Args:
@@ -88,6 +97,8 @@ def erp_to_patches(erp: Tensor, cameras: PatchCameras, mode: SampleMode = "bilin
             integer label maps must use mode="nearest" and keep their dtype.
         cameras: N patch cameras of size (h, w); every image is sampled by all of them.
         mode: "bilinear" for images and continuous maps, "nearest" for labels.
+        grid: the cameras' `patch_sampling_grid` for height H, in the work dtype (float32, or
+            float64 for float64 images), when already computed.
     Returns:
         (B,N,C,h,w) patches in the dtype of `erp`, on its device.
     """
@@ -114,7 +125,7 @@ def erp_to_patches(erp: Tensor, cameras: PatchCameras, mode: SampleMode = "bilin
         chunk = cameras[start : start + step]
         sampled = F.grid_sample(
             padded.expand(len(chunk), -1, -1, -1),
-            _patch_grid(chunk, H),
+            _patch_grid(chunk, H) if grid is None else grid[start : start + step].to(erp.device, work_dtype),
             mode=mode,
             padding_mode="border",
             align_corners=False,

@@ -5,10 +5,14 @@
 - normals: RGB8 world-frame normals, n = rgb / 127.5 - 1; (0, 0, 0) means "no value".
 - semantic: uint8 class ids, 255 = ignore.
 Files are named `<pano_id>_depth.png`, `<pano_id>_normals.png`, `<pano_id>_semantic.png`.
+
+`ground_truth_files` finds a panorama's files in such a folder and `read_ground_truth` reads
+them onto a label grid (`resample_to_labels`), for `mtpano inspect --gt` and `report --gt`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -76,3 +80,52 @@ def read_semantic(path: Path) -> np.ndarray:
     if raw.ndim != 2 or raw.dtype != np.uint8:
         raise ValueError(f"{path}: semantic ids must be a single-channel 8-bit PNG")
     return raw
+
+
+def ground_truth_files(folder: Path, pano_id: str) -> dict[str, Path]:
+    """The ground-truth files of a panorama in a folder of `mtpano synth`'s gt/ format:
+    `<name>_depth.png`, `<name>_normals.png`, `<name>_semantic.png`, where name is the last
+    path component of the panorama id. Tasks without a file are left out."""
+    name = pano_id.rsplit("/", 1)[-1]
+    files = {task: Path(folder) / f"{name}{suffix}" for task, suffix in TASK_SUFFIX.items()}
+    return {task: path for task, path in files.items() if path.is_file()}
+
+
+def read_ground_truth(files: Mapping[str, Path], erp_height: int) -> dict[str, np.ndarray]:
+    """Ground-truth maps resampled to the label grid (H x 2H).
+
+    Returns per task: depth (H,W) float32 range in metres, NaN = invalid; normals (3,H,W)
+    float32 unit world-frame normals, NaN = invalid; semantic (H,W) uint8 ids, 255 = ignore.
+    Depth and normals are averaged over the valid ground-truth pixels each label pixel covers
+    (normals renormalised); semantic ids are sampled at the nearest pixel.
+
+    Raises:
+        OSError: a file cannot be read. ValueError: a file is not an ERP map of its kind.
+    """
+    readers = {"depth": read_depth, "normals": read_normals, "semantic": read_semantic}
+    out = {}
+    for task, path in files.items():
+        value = readers[task](Path(path))
+        h, w = value.shape[-2:]
+        if w != 2 * h:
+            raise ValueError(f"{path}: ground truth must be an ERP image (W = 2H), got {w}x{h}")
+        out[task] = resample_to_labels(task, value, erp_height)
+    return out
+
+
+def resample_to_labels(task: str, value: np.ndarray, erp_height: int) -> np.ndarray:
+    """One ground-truth map (see `read_ground_truth`) on the H x 2H label grid."""
+    size = (2 * erp_height, erp_height)  # cv2 takes (width, height)
+    if value.shape[-2:] == (erp_height, 2 * erp_height):
+        return value
+    if task == "semantic":
+        return cv2.resize(value, size, interpolation=cv2.INTER_NEAREST)
+    channels = value if value.ndim == 3 else value[None]  # (C,h,w)
+    valid = np.isfinite(channels).all(0).astype(np.float32)  # (h,w)
+    weight = cv2.resize(valid, size, interpolation=cv2.INTER_AREA)  # (H,W)
+    sums = np.stack([cv2.resize(np.nan_to_num(c) * valid, size, interpolation=cv2.INTER_AREA) for c in channels])
+    mean = np.where(weight > 0, sums / np.maximum(weight, 1e-12), np.nan)  # (C,H,W)
+    if task == "normals":
+        norm = np.linalg.norm(mean, axis=0, keepdims=True)
+        return np.where(norm > 1e-6, mean / np.maximum(norm, 1e-6), np.nan).astype(np.float32)
+    return mean[0].astype(np.float32)

@@ -8,6 +8,10 @@ Layout of a store at URL (a local path or any fsspec URL):
                                   per-stage timings and quality figures
     STORE/rows/<index>.json       rows finished since the manifest was last consolidated
 
+One format for three kinds of contents (`StoreSpec.kind`): teacher labels (`mtpano labels`),
+imported ground truth (`mtpano import`) and model predictions (`mtpano predict`); the last two
+have no patch layout. docs/pipeline.md, "Store kinds".
+
 A panorama is written by exactly one worker: first every shard of it, then its row file.
 The row file is the commit: a panorama without one is not done, whatever shards exist,
 and is redone (its shards overwritten whole) by the next run. The driver consolidates row
@@ -41,6 +45,10 @@ ROWS = "rows"
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = "pending", "ok", "failed"
 DEPTH_KINDS = ("metric_range", "relative_disparity")
 LABEL_TASKS = ("depth", "semantic", "normals")
+# What a store holds: teacher labels (`mtpano labels`), imported ground truth (`mtpano import`)
+# or a model's predictions (`mtpano predict`). All three share one format so every tool reads them.
+KIND_LABELS, KIND_GROUND_TRUTH, KIND_PREDICTIONS = "labels", "ground_truth", "predictions"
+STORE_KINDS = (KIND_LABELS, KIND_GROUND_TRUTH, KIND_PREDICTIONS)
 # Shards are split into chunks of this side so a reader of a crop does not decode a whole panorama.
 INNER_CHUNK = 256
 
@@ -65,6 +73,10 @@ class StoreSpec:
         patch_size: patch side in pixels.
         keep_patches: whether raw teacher patch outputs are stored.
         fusion: fusion settings that change the labels.
+        kind: what the store holds, one of STORE_KINDS. Ground-truth and prediction stores
+            have no patch layout: layout "", fov_deg (), patch_size 0, teachers {}.
+        source: where the contents come from: for ground truth the importer's format, source
+            folder, split and mtpano version; for predictions the model and its step.
     """
 
     erp_height: int
@@ -77,8 +89,14 @@ class StoreSpec:
     patch_size: int
     keep_patches: bool = False
     fusion: dict[str, Any] = field(default_factory=dict)
+    kind: str = KIND_LABELS
+    source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.kind not in STORE_KINDS:
+            raise StoreError(f"store kind must be one of {STORE_KINDS}, got {self.kind!r}")
+        if self.keep_patches and not self.has_layout:
+            raise StoreError("keep_patches needs a patch layout")
         unknown = set(self.tasks) - set(LABEL_TASKS)
         if unknown:
             raise StoreError(f"unknown tasks {sorted(unknown)}; tasks are {LABEL_TASKS}")
@@ -97,6 +115,11 @@ class StoreSpec:
     def num_patches(self) -> int:
         return len(self.fov_deg)
 
+    @property
+    def has_layout(self) -> bool:
+        """Whether the labels were fused from patches (seams, footprints): labels stores only."""
+        return bool(self.layout)
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (lists for tuples) that `from_json` reads back."""
         return json.loads(json.dumps(asdict(self)))
@@ -114,6 +137,9 @@ class StoreSpec:
             patch_size=int(data["patch_size"]),
             keep_patches=bool(data["keep_patches"]),
             fusion=dict(data.get("fusion", {})),
+            # Stores written before kinds existed are label stores.
+            kind=str(data.get("kind", KIND_LABELS)),
+            source=dict(data.get("source", {})),
         )
 
     def differences(self, other: StoreSpec) -> list[str]:
@@ -248,6 +274,7 @@ class LabelStore:
                 "class_names": list(spec.class_names),
                 "layout": spec.layout,
                 "patch_size": spec.patch_size,
+                "kind": spec.kind,
             }
         )
         store = cls(url, group)

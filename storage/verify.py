@@ -12,7 +12,9 @@ What is checked, each problem reported with the panorama it concerns:
   length (float16 tolerance) with all three components or none; class ids below the number
   of class names or 255; confidences finite and in [0, 1]; no missing label (NaN, 255)
   where the confidence is above 0, i.e. where a label is claimed; the coverage the manifest
-  records equal to the arrays'.
+  records equal to the arrays';
+- the kind: the top-level `kind` attribute (written since stores have kinds) agrees with the
+  spec's; a ground-truth store's confidence is exactly 1 where a label exists and 0 elsewhere.
 
 Failed and pending rows are not read: their arrays hold fill values by design.
 """
@@ -28,6 +30,7 @@ import numpy as np
 
 from spherical.ade20k import IGNORE_ID
 from storage.labelstore import (
+    KIND_GROUND_TRUTH,
     STATUS_FAILED,
     STATUS_OK,
     STATUS_PENDING,
@@ -60,6 +63,7 @@ class Verification:
     """The outcome of `verify_store`: what was checked and what is wrong."""
 
     problems: list[Problem] = field(default_factory=list)
+    kind: str = "unknown"  # the store's kind (storage.labelstore.STORE_KINDS) once it opened
     rows: int = 0
     ok_rows_read: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
@@ -84,6 +88,10 @@ def verify_store(url: str, on_progress: Callable[[int, int], None] | None = None
         result.problems.append(Problem(f"cannot open: {err}"))
         return result
     result.rows = len(rows)
+    result.kind = store.spec.kind
+    recorded_kind = store.group.attrs.get("kind")
+    if recorded_kind is not None and recorded_kind != store.spec.kind:
+        result.problems.append(Problem(f"the kind attribute says {recorded_kind!r}, the spec {store.spec.kind!r}"))
     result.statuses = {s: sum(r.get("status") == s for r in rows) for s in (STATUS_OK, STATUS_FAILED, STATUS_PENDING)}
     count = _check_arrays(store, result.problems)
     ok_rows = _check_rows(rows, count, result.problems)
@@ -231,6 +239,10 @@ def _check_values(spec: StoreSpec, row: Mapping[str, Any], arrays: Mapping[str, 
             if claimed.any():
                 none = "255" if task == "semantic" else "NaN"
                 problems.append(f"{task}: {_count(claimed)} {none} where {name} > 0 claims a label")
+            if spec.kind == KIND_GROUND_TRUTH:
+                exact = np.where(has[task], conf == 1.0, conf == 0.0)
+                if not exact.all():
+                    problems.append(f"{name}: {_count(~exact)} not 1 where labelled or not 0 elsewhere (ground truth)")
             recorded = row.get(f"{task}_coverage")
             actual = float(has[task].mean())
             if recorded is not None and math.isfinite(recorded) and abs(recorded - actual) > COVERAGE_TOLERANCE:

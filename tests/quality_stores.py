@@ -38,8 +38,12 @@ def label(images: Path, out: Path, config: LabelConfig = SMALL, **changes) -> La
     return LabelStore.open(str(out))
 
 
+def mtpano_command() -> list[str]:
+    """The installed `mtpano` command (the one beside this Python, else the one on PATH)."""
+    exe = Path(sys.executable).with_name("mtpano")
+    return [str(exe)] if exe.exists() else [shutil.which("mtpano") or "mtpano"]
+
+
 def mtpano(*args: str) -> subprocess.CompletedProcess:
     """Run the installed `mtpano` command."""
-    exe = Path(sys.executable).with_name("mtpano")
-    command = [str(exe)] if exe.exists() else [shutil.which("mtpano") or "mtpano"]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([*mtpano_command(), *map(str, args)], capture_output=True, text=True, timeout=300)

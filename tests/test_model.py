@@ -394,3 +394,22 @@ def test_loading_is_strict_and_errors_are_clear(tmp_path):
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         load_model(tmp_path / "missing")
+
+
+def test_bf16_autocast_runs_forward_and_backward():
+    """The trainer's CUDA precision (bf16 autocast), checked on the CPU: every block accepts
+    mixed float32 / bf16 operands, and outputs stay close to the float32 ones."""
+    torch.manual_seed(0)
+    model = BridgeNet(BridgeNetConfig.from_preset("tiny"))
+    images = torch.rand(2, 3, 28, 56)
+    reference = model(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+    loss = sum(out[t].float().mean() for t in ("depth", "semantic", "normals"))
+    loss.backward()
+    head = model.decoders["depth"].heads["depth"]
+    assert all(p.grad is not None for p in head.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    for task in ("depth", "normals"):
+        error = (out[task].float() - reference[task]).abs().max() / reference[task].abs().max()
+        assert error < 0.05, (task, float(error))

@@ -14,6 +14,8 @@ from quality_stores import HARD_BORDERS, label, make_rooms
 
 from pipeline import quality
 from pipeline.quality import SeamGeometry
+from storage import groundtruth
+from storage.labelstore import StoreSpec
 
 SEEDS = [1, 2, 3]
 # Simulated errors from none to large, for all three tasks at once.
@@ -33,10 +35,24 @@ LEVELS = [
 
 
 # ---------------------------------------------------------------------- hand-computed values
+def _spec(*tasks: str, depth_kind: str | None = "metric_range") -> StoreSpec:
+    """A 2 x 4 store of `tasks` (no patch layout), for gt_figures on hand-made arrays."""
+    return StoreSpec(
+        erp_height=2,
+        tasks=tasks,
+        depth_kind=depth_kind if "depth" in tasks else None,
+        class_names=("a", "b", "c", "d") if "semantic" in tasks else (),
+        teachers={},
+        layout="",
+        fov_deg=(),
+        patch_size=0,
+    )
+
+
 def test_depth_metrics_by_hand():
-    depth = np.array([[1.0, 2.0], [4.0, np.nan]])
-    gt = np.array([[1.0, 4.0], [2.0, 5.0]])
-    m = quality.depth_metrics(depth, gt)
+    depth = np.array([[1.0, 2.0, 4.0, np.nan], [np.nan] * 4])
+    gt = np.array([[1.0, 4.0, 2.0, 5.0], [np.nan] * 4])
+    m = quality.gt_figures(_spec("depth"), {"depth": depth}, {"depth": gt})
     # Three compared pixels: relative errors 0, 0.5, 1; squared errors 0, 4, 4; ratios 1, 2, 2.
     assert m["depth_gt_absrel"] == pytest.approx(0.5)
     assert m["depth_gt_rmse"] == pytest.approx(math.sqrt(8.0 / 3.0))
@@ -44,33 +60,37 @@ def test_depth_metrics_by_hand():
 
 
 def test_relative_depth_is_fitted_in_disparity_first():
-    gt = np.array([[1.0, 2.0, 4.0], [5.0, 8.0, np.nan]])
+    gt = np.array([[1.0, 2.0, 4.0, 5.0], [8.0, 3.0, 6.0, np.nan]])
     disparity = 2.0 / gt + 0.3  # aligned disparity: the truth up to a global scale and shift
-    fitted = quality.metric_depth(disparity, gt, "relative_disparity")
-    np.testing.assert_allclose(fitted[np.isfinite(gt)], gt[np.isfinite(gt)], rtol=1e-9)
-    assert quality.depth_metrics(fitted, gt)["depth_gt_absrel"] == pytest.approx(0.0, abs=1e-9)
+    spec = _spec("depth", depth_kind="relative_disparity")
+    assert quality.gt_figures(spec, {"depth": disparity}, {"depth": gt})["depth_gt_absrel"] == pytest.approx(
+        0.0, abs=1e-9
+    )
+    errors = quality.error_maps(spec, {"depth": disparity}, {"depth": gt})["depth"]
+    assert np.nanmax(errors) < 1e-9 and np.isnan(errors[1, 3])
     # Metric stores are compared as they are.
-    assert quality.depth_metrics(quality.metric_depth(gt * 1.1, gt, "metric_range"), gt)[
-        "depth_gt_absrel"
-    ] == pytest.approx(0.1)
+    assert quality.gt_figures(_spec("depth"), {"depth": gt * 1.1}, {"depth": gt})["depth_gt_absrel"] == pytest.approx(
+        0.1
+    )
 
 
 def test_normals_metrics_by_hand():
     s, c = math.sin(math.radians(30)), math.cos(math.radians(30))
     normals = np.array([[0, 0, 1], [0, 0, 1], [1, 0, 0], [np.nan] * 3], dtype=np.float64).T[:, None, :]  # (3,1,4)
     gt = np.array([[0, 0, 1], [0, s, c], [0, 1, 0], [0, 0, 1]], dtype=np.float64).T[:, None, :]
-    m = quality.normals_metrics(normals, gt)
-    # Angles 0, 30, 90 degrees (the NaN pixel is not compared).
+    normals, gt = np.concatenate([normals, np.full_like(normals, np.nan)], 1), np.concatenate([gt, gt], 1)  # (3,2,4)
+    m = quality.gt_figures(_spec("normals"), {"normals": normals}, {"normals": gt})
+    # Angles 0, 30, 90 degrees (the NaN pixels are not compared).
     assert m["normals_gt_mean_deg"] == pytest.approx(40.0)
     assert m["normals_gt_median_deg"] == pytest.approx(30.0)
     assert m["normals_gt_within_11_25"] == pytest.approx(1.0 / 3.0)
 
 
 def test_semantic_metrics_by_hand():
-    labels = np.array([[1, 1, 2], [2, 255, 3]], dtype=np.uint8)
-    gt = np.array([[1, 2, 2], [2, 1, 255]], dtype=np.uint8)
-    m = quality.semantic_metrics(labels, gt)
-    # Compared: 4 pixels (one unlabelled, one ignored), 3 right. IoU(1) = 1/2, IoU(2) = 2/3.
+    labels = np.array([[1, 1, 2, 0], [2, 255, 3, 255]], dtype=np.uint8)
+    gt = np.array([[1, 2, 2, 255], [2, 1, 255, 255]], dtype=np.uint8)
+    m = quality.gt_figures(_spec("semantic"), {"semantic": labels}, {"semantic": gt})
+    # Compared: 4 pixels (one unlabelled, three ignored), 3 right. IoU(1) = 1/2, IoU(2) = 2/3.
     assert m["semantic_gt_accuracy"] == pytest.approx(0.75)
     assert m["semantic_gt_miou"] == pytest.approx((1 / 2 + 2 / 3) / 2)
 
@@ -151,7 +171,7 @@ def test_larger_errors_give_larger_ground_truth_errors(ladder):
     for store in stores:
         rows = []
         for row in store.rows():
-            gt = quality.read_ground_truth(quality.ground_truth_files(root / "gt", row["pano_id"]), 64)
+            gt = groundtruth.read_ground_truth(groundtruth.ground_truth_files(root / "gt", row["pano_id"]), 64)
             rows.append(quality.gt_figures(store.spec, store.read(row["index"]), gt))
         metrics.append({k: np.array([r[k] for r in rows]) for k in rows[0]})
     clean, _, worst = metrics

@@ -3,68 +3,13 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from html.parser import HTMLParser
-
 import cv2
 import numpy as np
 import pytest
+from browser import Dom, browse
 from quality_stores import label, make_rooms, mtpano
 
 SEEDS = [10, 11, 12]
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("headless Chromium not installed (apt-get install chromium; .ci/run installs it)")
-    return path
-
-
-def _browse(page, tmp_path, *args: str) -> subprocess.CompletedProcess:
-    profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
-    command = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
-class _Dom(HTMLParser):
-    """Tags of a dumped DOM with their attributes, and the text inside <tbody> rows."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str]]] = []
-        self.table: str | None = None
-        self.rows: dict[str, list[str]] = {}
-
-    def handle_starttag(self, tag, attrs):
-        attrs = {k: v or "" for k, v in attrs}
-        self.tags.append((tag, attrs))
-        if tag == "table":
-            self.table = attrs.get("id")
-        if tag == "tr" and self.table:
-            self.rows.setdefault(self.table, []).append("")
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self.table = None
-
-    def handle_data(self, data):
-        if self.table and self.rows.get(self.table):
-            self.rows[self.table][-1] += data
-
-    def find(self, tag: str, **attrs: str) -> list[dict[str, str]]:
-        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())]
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +40,18 @@ def test_browser_check_sees_script_errors(tmp_path):
     """The checks below can fail: a page whose script throws shows up in the console log."""
     page = tmp_path / "broken.html"
     page.write_text('<html><body data-ready="0"><script>missingFunction();</script></body></html>')
-    run = _browse(page, tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom")
+    run = browse(page, tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom")
     assert any("CONSOLE" in line and "missingFunction" in line for line in run.stderr.splitlines())
     assert 'data-ready="0"' in run.stdout
 
 
 def test_report_loads_in_chromium(report, tmp_path):
     out, store = report
-    run = _browse(out / "index.html", tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom")
+    run = browse(out / "index.html", tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom")
     assert run.returncode == 0, run.stderr[-2000:]
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console  # no script errors, no failed loads reported to the console
-    dom = _Dom()
+    dom = Dom()
     dom.feed(run.stdout)
     body = dom.find("body")[0]
     assert body["data-ready"] == "1"  # the page's script ran to its end after the load event
@@ -130,7 +75,7 @@ def test_report_loads_in_chromium(report, tmp_path):
 def test_report_screenshot_is_not_blank(report, tmp_path):
     out, _ = report
     shot = tmp_path / "shot.png"
-    run = _browse(out / "index.html", tmp_path, f"--screenshot={shot}", "--window-size=1280,3000")
+    run = browse(out / "index.html", tmp_path, f"--screenshot={shot}", "--window-size=1280,3000")
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     image = cv2.imread(str(shot))[..., ::-1]
     assert image.shape == (3000, 1280, 3)

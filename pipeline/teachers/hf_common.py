@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import Tensor, nn
 
 from pipeline.teachers.base import Task, TeacherError
@@ -252,6 +251,8 @@ def inference_context(device: torch.device) -> Iterator[None]:
 def load_pretrained(model_class: type, source: ResolvedSource, device: torch.device, prefix: str) -> nn.Module:
     """`model_class.from_pretrained` on a resolved local directory, safetensors only, no
     remote code, in eval mode on `device`."""
+    import transformers  # here, not at the top: a run without hub teachers never pays for importing it
+
     # Workers load once each; per-tensor loading bars from every worker would bury the run's own bar.
     transformers.utils.logging.disable_progress_bar()
     try:

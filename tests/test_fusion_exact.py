@@ -1,0 +1,264 @@
+"""The fast fusion (pipeline/fusion.py) gives the labels of the straightforward maths
+(tests/fusion_reference.py) within float tolerance, on a synthetic room seen by the 20
+icosahedron patches: depth aligned per patch (metric and relative), normals, and class
+probabilities of every kind a teacher gives (one-hot at full resolution, dense at a quarter of
+it as Mask2Former's, and close calls everywhere), with holes, zero vectors, teacher
+confidences and every top-k setting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fusion_reference import reference_fusion, same_pixel_pairs
+
+from pipeline import fusion
+from pipeline.fusion import FusionConfig, FusionGeometry, PanoramaFusion, _top_class
+from spherical.layouts import icosahedron_layout
+from spherical.reproject import BilinearCorners, patch_to_erp
+from synthetic.render import render_patches
+from synthetic.scene import generate_scene
+
+PATCH = 64
+ERP_HEIGHT = 48
+CLASSES = 150
+
+
+@pytest.fixture(scope="module")
+def room():
+    """Teacher outputs for the 20 patches of a synthetic room, with the errors teachers make."""
+    cameras = icosahedron_layout().cameras(PATCH)
+    gt = render_patches(generate_scene(3), cameras)
+    P = len(cameras)
+    g = torch.Generator().manual_seed(0)
+    depth = gt.zdepth * (1.0 + 0.2 * (torch.rand(P, generator=g) - 0.5))[:, None, None]  # per-patch scale errors
+    depth[2, :3, :3] = math.nan
+    depth[5, -2:, -2:] = math.inf
+    normals = gt.normals + 0.05 * torch.randn(gt.normals.shape, generator=g)
+    normals = normals / torch.linalg.vector_norm(normals, dim=1, keepdim=True)
+    normals[4, :, :2, :2] = math.nan
+    normals[6, :, 5, 5] = 0.0  # a zero vector: no direction
+    one_hot = F.one_hot(gt.semantic.long(), CLASSES).permute(0, 3, 1, 2).float()  # (P,h,w,C) -> (P,C,h,w)
+    # A quarter of the patch size, dense: blurred across boundaries, every class some mass.
+    dense = F.avg_pool2d(one_hot, 4) * 0.95 + 0.05 / CLASSES
+    # Close calls everywhere: smooth random logits, several classes within a few percent.
+    logits = F.interpolate(torch.randn(P, CLASSES, 4, 4, generator=g), size=(16, 16), mode="bilinear")
+    close = (2.0 * logits).softmax(1)
+    close[3] = 1.0 / CLASSES  # a patch without any evidence: every class tied
+    close[7, :, 2:4, 2:4] = math.nan
+    confidence = torch.rand(P, PATCH, PATCH, generator=g)
+    return {
+        "cameras": cameras,
+        "depth": depth,
+        "relative": 2.0 / gt.zdepth + 0.3,
+        "normals": normals,
+        "one_hot": one_hot,
+        "dense": dense,
+        "close": close,
+        "confidence": confidence,
+    }
+
+
+def fuse(cameras, config: FusionConfig, batches: list[list[int]] | None = None, **outputs) -> tuple:
+    """The fast fusion of `outputs` (keys as `reference_fusion`'s), patches added in `batches`."""
+    geometry = FusionGeometry.build(cameras, ERP_HEIGHT, config)
+    probs = outputs.get("probs")
+    state = PanoramaFusion(
+        geometry,
+        config,
+        outputs.get("depth_kind", "metric_zdepth") if outputs.get("depth") is not None else None,
+        probs.shape[1] if probs is not None else None,
+        outputs.get("normals") is not None,
+    )
+    batches = batches or [list(range(i, min(i + 8, len(cameras)))) for i in range(0, len(cameras), 8)]
+
+    def part(name: str, ids: list[int]):
+        value = outputs.get(name)
+        return value[ids] if value is not None else None
+
+    for ids in batches:
+        if outputs.get("depth") is not None:
+            state.add_depth(ids, part("depth", ids), part("depth_confidence", ids))
+        if outputs.get("normals") is not None:
+            state.add_normals(ids, part("normals", ids), part("normals_confidence", ids))
+        if probs is not None:
+            state.add_semantic(ids, part("probs", ids), part("probs_confidence", ids))
+    kept, listed = len(state._maps) if probs is not None else 0, len(state._lists) if probs is not None else 0
+    return state.finish(), kept, listed
+
+
+def assert_stats_close(stats: dict, expected: dict) -> None:
+    assert stats.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, list):
+            torch.testing.assert_close(torch.tensor(stats[key]), torch.tensor(value), rtol=1e-5, atol=1e-7, msg=key)
+        elif isinstance(value, float) and math.isnan(value):
+            assert math.isnan(stats[key]), key
+        else:
+            assert stats[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("kind", ["metric_zdepth", "relative_disparity"])
+def test_depth_and_normals_match_the_reference(room, kind):
+    config = FusionConfig()
+    depth = room["depth"] if kind == "metric_zdepth" else room["relative"]
+    outputs = dict(depth=depth, depth_kind=kind, depth_confidence=room["confidence"], normals=room["normals"])
+    labels, _, _ = fuse(room["cameras"], config, **outputs)
+    expected = reference_fusion(room["cameras"], ERP_HEIGHT, config, **outputs)
+    torch.testing.assert_close(labels.depth, expected["depth"], rtol=1e-5, atol=0, equal_nan=True)
+    torch.testing.assert_close(labels.depth_confidence, expected["depth_confidence"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(labels.normals, expected["normals"], rtol=0, atol=1e-5, equal_nan=True)
+    # The confidence goes through acos of the normals' mean resultant length x, whose slope
+    # 1/sin(spread) is infinite at x = 1: a few ulps of x (2e-7) move the spread by 2e-7/sin
+    # radians, or by sqrt(4e-7) where the patches agree exactly. The tolerance follows that.
+    spread = torch.deg2rad(expected["normals_spread_deg"])
+    conditioning = (2e-6 / torch.sin(spread).clamp_min(1e-12)).clamp(max=5e-3)
+    assert (spread > math.radians(1.0)).float().mean() > 0.2  # most pixels are well conditioned
+    error = (labels.normals_confidence - expected["normals_confidence"]).abs()
+    assert bool((error <= 1e-5 + conditioning).all()), float((error - conditioning).max())
+    stats = dict(labels.stats)
+    assert stats.pop("normals_disagreement_deg") == pytest.approx(
+        expected["stats"].pop("normals_disagreement_deg"), abs=1e-3
+    )
+    assert_stats_close(stats, expected["stats"])
+    assert stats["depth_nonfinite"] == (9 + 4 if kind == "metric_zdepth" else 0)  # the NaN and inf holes
+    assert stats["normals_nonfinite"] == 3 * 4
+
+
+@pytest.mark.parametrize("top_k", [8, 1, 2, 0])
+@pytest.mark.parametrize("maps", ["one_hot", "dense", "close"])
+def test_semantic_matches_the_reference(room, maps, top_k):
+    config = FusionConfig(semantic_top_k=top_k)
+    outputs = dict(probs=room[maps], probs_confidence=room["confidence"] if maps == "close" else None)
+    labels, kept, listed = fuse(room["cameras"], config, **outputs)
+    expected = reference_fusion(room["cameras"], ERP_HEIGHT, config, **outputs)
+    assert torch.equal(labels.semantic, expected["semantic"])
+    torch.testing.assert_close(labels.semantic_confidence, expected["semantic_confidence"], rtol=0, atol=1e-5)
+    assert_stats_close(labels.stats, expected["stats"])
+    # Each kind of map takes its own way: one-hot maps leave nothing unknown and are not kept;
+    # dense maps are kept for the pixels that cannot be certified; close calls need lists.
+    if maps == "one_hot" or top_k == 1:
+        assert kept == 0
+    else:
+        assert kept > 0
+    if maps == "close":
+        assert listed > 0
+
+
+def test_semantic_without_kept_maps_lists_every_entry(room, monkeypatch):
+    """Maps too large to keep: every entry's top-k list is made at once; same labels."""
+    monkeypatch.setattr(fusion, "_KEEP_MAP_BYTES", 0)
+    config = FusionConfig()
+    labels, kept, _ = fuse(room["cameras"], config, probs=room["close"])
+    expected = reference_fusion(room["cameras"], ERP_HEIGHT, config, probs=room["close"])
+    assert kept == 0
+    assert torch.equal(labels.semantic, expected["semantic"])
+    torch.testing.assert_close(labels.semantic_confidence, expected["semantic_confidence"], rtol=0, atol=1e-5)
+
+
+def test_batches_and_their_order_do_not_change_the_labels(room):
+    config = FusionConfig()
+    outputs = dict(depth=room["depth"], normals=room["normals"], probs=room["dense"])
+    first, _, _ = fuse(room["cameras"], config, **outputs)
+    shuffled = [[19, 3], [0, 1, 2], [4, 5, 6, 7, 8, 9, 10, 11, 12], [18, 17, 16, 15, 14, 13]]
+    second, _, _ = fuse(room["cameras"], config, batches=shuffled, **outputs)
+    for name in ("depth", "depth_confidence", "normals", "normals_confidence", "semantic", "semantic_confidence"):
+        torch.testing.assert_close(getattr(second, name), getattr(first, name), rtol=0, atol=1e-6, equal_nan=True)
+
+
+def test_top_class_finds_the_top_and_bounds_the_rest():
+    g = torch.Generator().manual_seed(1)
+    volume = torch.rand(150, 500, generator=g)
+    volume[:, 0] = 0.5  # all tied
+    volume[7, 1] = volume[9, 1] = 2.0  # two tied on top
+    volume[3, 2] = volume[:, 2].max() + 1e-7  # the runner-up within the key's bits
+    volume[:, 3] = -torch.rand(150, generator=g)  # negative values
+    volume[5, 4], volume[0, 5], volume[149, 6] = math.nan, -math.inf, math.inf
+    value, top, bound, finite = _top_class(volume.clone())
+    assert finite.tolist() == [True] * 4 + [False] * 3 + [True] * 493
+    ok = finite
+    # The value is the class's own, and the bound holds for every other class, tight to 1e-4.
+    assert torch.equal(value[ok], volume.gather(0, top.long()[None])[0][ok])
+    others = volume.scatter(0, top.long()[None], -math.inf).amax(0)
+    assert bool((bound[ok] >= others[ok]).all())
+    assert bool(((bound - others).abs() <= 1e-4 * others.abs() + 1e-30)[ok].all())
+    # Where the value is above the bound, the class is the one largest; ties never are.
+    sure = ok & (value > bound)
+    assert torch.equal(top[sure].long(), volume.argmax(0)[sure])
+    assert sure.float().mean() > 0.9 and not sure[0] and not sure[1]
+    one, top_one, bound_one, _ = _top_class(volume[:1].clone())
+    assert torch.equal(one, volume[0]) and not top_one.any() and not bound_one.any()
+
+
+def test_slots_reduce_as_a_scatter_and_pair_as_listed():
+    cameras = icosahedron_layout().cameras(PATCH)
+    mapping = patch_to_erp(cameras, ERP_HEIGHT)
+    layout = mapping.slot_layout()
+    index = mapping.erp_index.long()
+    values = torch.rand(2, len(index), dtype=torch.float64)
+    placed = torch.empty_like(values).index_copy_(1, layout.position, values)
+    scattered = torch.zeros(2, ERP_HEIGHT * 2 * ERP_HEIGHT, dtype=torch.float64).index_add_(1, index, values)
+    torch.testing.assert_close(layout.to_raster(layout.reduce(placed)), scattered)
+    highest = torch.full_like(scattered, -math.inf).scatter_reduce_(1, index[None].expand(2, -1), values, "amax")
+    torch.testing.assert_close(layout.to_raster(layout.reduce(placed, "amax")), highest)
+    pixel_values = torch.rand(len(layout.rank), dtype=torch.float64)  # raster order
+    assert torch.equal(layout.broadcast(pixel_values[layout.order])[layout.position], pixel_values[index])
+    for max_pairs in (100, 1000, 10**6):
+        listed = same_pixel_pairs(index)
+        listed = listed[:: max(1, math.ceil(len(listed) / max_pairs))]
+        assert torch.equal(layout.pairs(max_pairs), layout.position[listed])
+
+
+def test_bilinear_corners_read_as_grid_sample():
+    cameras = icosahedron_layout().cameras(PATCH)
+    mapping = patch_to_erp(cameras, ERP_HEIGHT)
+    grid = mapping.grid(4)[0, 0]  # (M_4,2)
+    image = torch.rand(1, 13, 13)
+    image[0, 6, 6] = math.nan
+    corners = BilinearCorners.of_grid(grid, 13, 13)
+    flat, weights = corners.read()
+    read = (image.view(-1)[flat] * weights).sum(0)
+    expected = F.grid_sample(image[None], grid[None, None], padding_mode="border", align_corners=False)[0, 0, 0]
+    torch.testing.assert_close(read, expected, rtol=0, atol=1e-6, equal_nan=True)
+
+
+def test_nearest_blend_takes_each_pixel_from_the_patch_nearest_its_axis(room):
+    """The "nearest" blend (the experiment's teacher-patches baseline), against a brute force
+    over every patch: per ERP pixel, the patch whose optical axis is closest to the pixel's ray,
+    its depth read bilinearly and turned into range, its class, no alignment, confidence 1."""
+    from spherical.erp import erp_rays
+
+    cameras = room["cameras"]
+    config = FusionConfig(blend="nearest", align_metric_depth=False, single_view_agreement=1.0)
+    labels, _, _ = fuse(cameras, config, depth=room["depth"], probs=room["one_hot"])
+    rays = erp_rays(ERP_HEIGHT).reshape(-1, 3)  # (H*W,3) unit, world frame
+    x, y, z = cameras.project(rays.expand(len(cameras), -1, -1))  # (P,H*W) each
+    inside = (z > 0) & (x >= 0) & (x <= PATCH) & (y >= 0) & (y <= PATCH)
+    cosine = torch.where(inside, cameras.optical_axes().float() @ rays.T, -2.0)  # (P,3) @ (3,H*W) -> (P,H*W)
+    best = cosine.argmax(0)  # (H*W,)
+    pixels = torch.arange(len(best))
+    grid = torch.stack((x[best, pixels] * 2 / PATCH - 1, y[best, pixels] * 2 / PATCH - 1), -1)  # (H*W,2)
+
+    def read(maps: torch.Tensor) -> torch.Tensor:  # (P,C,h,w) -> (C,H*W) at each pixel's best patch
+        out = F.grid_sample(maps[best], grid[:, None, None].float(), align_corners=False)  # (H*W,C,1,1)
+        return out[:, :, 0, 0].T
+
+    expected_range = read(room["depth"][:, None])[0] / cosine[best, pixels]  # z-depth x ||c||, ||c|| = 1/cos
+    expected_class = read(room["one_hot"]).argmax(0)
+    depth = labels.depth.flatten()
+    usable = torch.isfinite(depth) & torch.isfinite(expected_range)
+    assert usable.float().mean() > 0.99
+    close = torch.isclose(depth[usable], expected_range[usable].float(), rtol=1e-4)
+    assert close.float().mean() > 0.999, float(close.float().mean())
+    assert (labels.semantic.flatten() == expected_class).float().mean() > 0.995
+    assert bool((labels.depth_confidence.flatten()[usable] > 0.999).all())
+    # Unblended: the per-patch scale errors of the teacher show as steps, which blending smooths.
+    blended, _, _ = fuse(cameras, FusionConfig(align_metric_depth=False), depth=room["depth"])
+    assert not torch.allclose(blended.depth, labels.depth, equal_nan=True)
+
+
+def test_unknown_blend_is_refused():
+    with pytest.raises(ValueError, match="unknown fusion blend 'soft'"):
+        FusionConfig(blend="soft")
