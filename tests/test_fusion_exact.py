@@ -242,8 +242,12 @@ def test_nearest_blend_takes_each_pixel_from_the_patch_nearest_its_axis(room):
     grid = torch.stack((x[best, pixels] * 2 / PATCH - 1, y[best, pixels] * 2 / PATCH - 1), -1)  # (H*W,2)
 
     def read(maps: torch.Tensor) -> torch.Tensor:  # (P,C,h,w) -> (C,H*W) at each pixel's best patch
-        out = F.grid_sample(maps[best], grid[:, None, None].float(), align_corners=False)  # (H*W,C,1,1)
-        return out[:, :, 0, 0].T
+        out = torch.empty(maps.shape[1], len(best))
+        for p in range(len(cameras)):
+            mine = best == p
+            points = grid[mine][None, None].float()  # (1,1,n,2)
+            out[:, mine] = F.grid_sample(maps[p : p + 1], points, align_corners=False)[0, :, 0]  # (C,n)
+        return out
 
     expected_range = read(room["depth"][:, None])[0] / cosine[best, pixels]  # z-depth x ||c||, ||c|| = 1/cos
     expected_class = read(room["one_hot"]).argmax(0)

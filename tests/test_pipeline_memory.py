@@ -14,7 +14,7 @@ from storage.labelstore import LabelStore
 LIMIT_GB = 4.0
 
 SCRIPT = """
-import resource, sys
+import sys
 from pathlib import Path
 
 from pipeline.config import LabelConfig, RunOptions
@@ -26,7 +26,9 @@ write_dataset(root, [7, 8], height=1024)
 config = LabelConfig(depth_teacher="sim", semantic_teacher="sim", normal_teacher="sim")
 summary = run_labels(str(root / "images"), str(root / "store"), config, RunOptions(in_process=True))
 assert summary.exit_code == 0, summary.failed
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # kilobytes on Linux
+# VmHWM is this process's own peak: ru_maxrss would also count the parent's at fork time.
+status = Path("/proc/self/status").read_text()
+print(status.split("VmHWM:")[1].split()[0])  # kilobytes
 """
 
 

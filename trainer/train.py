@@ -579,7 +579,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
 def run_with_ray(plan: RunPlan, options: TrainOptions, on_log: LogCallback | None = None) -> None:
     """The loop on `options.workers` Ray Train workers (one per GPU when there are GPUs)."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.run import _start_ray
@@ -602,7 +602,13 @@ def run_with_ray(plan: RunPlan, options: TrainOptions, on_log: LogCallback | Non
         train_func,
         train_loop_config={"plan": plan, "options": worker_options},
         scaling_config=scaling,
-        run_config=RunConfig(storage_path=str(Path(plan.run_dir).resolve() / "ray"), name="train"),
+        # Ray Train's notes (resources requested, workers started) would bury the progress bar;
+        # its warnings (waiting for resources) and errors still show.
+        run_config=RunConfig(
+            storage_path=str(Path(plan.run_dir).resolve() / "ray"),
+            name="train",
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
     )
     tail.start()
     try:
