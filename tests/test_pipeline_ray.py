@@ -21,7 +21,9 @@ import cv2
 import numpy as np
 import pytest
 from tiny_models import save_tiny_depth_anything, save_tiny_mask2former
+from typer.testing import CliRunner
 
+from mtpano.cli import app
 from storage.labelstore import LabelStore
 from synthetic.dataset import write_dataset
 
@@ -215,29 +217,31 @@ def test_usage_errors_exit_2_and_leave_stores_alone(rooms, tmp_path):
     assert first.returncode == 0, first.stderr
     before = (out / "manifest.parquet").read_bytes()
 
-    other = mtpano("labels", str(rooms), "--out", str(out), *SIM, "--patch-size", "96", "--erp-height", "32")
-    assert other.returncode == 2
+    # The rest in this process (the command's own code, without an interpreter start each).
+    def labels(*args: str):
+        return CliRunner().invoke(app, ["labels", *map(str, args)])
+
+    other = labels(rooms, "--out", out, *SIM, "--patch-size", "96", "--erp-height", "32")
+    assert other.exit_code == 2
     assert "another configuration (erp_height differ)" in other.stderr and "--overwrite" in other.stderr
     assert (out / "manifest.parquet").read_bytes() == before
 
-    missing = mtpano("labels", str(tmp_path / "nowhere"), "--out", str(out), *SIM)
-    assert missing.returncode == 2 and "no such folder or list file" in missing.stderr
-    offline = mtpano(
-        "labels", str(rooms), "--out", str(tmp_path / "new"), "--depth-teacher", "hf:someone/missing-model",
+    missing = labels(tmp_path / "nowhere", "--out", out, *SIM)
+    assert missing.exit_code == 2 and "no such folder or list file" in missing.stderr
+    offline = labels(
+        rooms, "--out", tmp_path / "new", "--depth-teacher", "hf:someone/missing-model",
         "--semantic-teacher", "none", "--normal-teacher", "none",
     )  # fmt: skip
-    assert offline.returncode == 2
+    assert offline.exit_code == 2
     message = [line for line in offline.stderr.splitlines() if "someone/missing-model" in line]
     assert len(message) == 1 and "--depth-teacher hf:" in message[0]
     assert not (tmp_path / "new").exists()
 
-    again = mtpano("labels", str(rooms), "--out", str(out), *SIM, *SMALL)
-    assert again.returncode == 0 and "6 were done before" in again.stderr  # nothing redone, no Ray started
-    replaced = mtpano(
-        "labels", str(rooms), "--out", str(out), *SIM, "--patch-size", "96", "--erp-height", "32",
-        "--overwrite", "--in-process",
-    )  # fmt: skip
-    assert replaced.returncode == 0, replaced.stderr
+    again = labels(rooms, "--out", out, *SIM, *SMALL)
+    assert again.exit_code == 0 and "6 were done before" in again.stderr  # nothing redone, no Ray started
+    replaced = labels(rooms, "--out", out, *SIM, "--patch-size", "96", "--erp-height", "32", "--overwrite",
+                      "--in-process")  # fmt: skip
+    assert replaced.exit_code == 0, replaced.stderr
     assert LabelStore.open(str(out)).spec.erp_height == 32
 
 
