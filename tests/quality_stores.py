@@ -47,3 +47,16 @@ def mtpano_command() -> list[str]:
 def mtpano(*args: str) -> subprocess.CompletedProcess:
     """Run the installed `mtpano` command."""
     return subprocess.run([*mtpano_command(), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def mtpano_here(*args: str) -> subprocess.CompletedProcess:
+    """Run an `mtpano` command that starts no workers in this process, through the CLI's own
+    code (typer's runner): what `mtpano` gives, without an interpreter start per call."""
+    from typer.testing import CliRunner
+
+    from mtpano.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from quality_stores import mtpano
+from quality_stores import mtpano_here
 
 from evaluation.classes import NYU40_CLASSES, STANFORD2D3D_CLASSES
 from mtpano import inspection
@@ -60,7 +60,7 @@ def synth(tmp_path_factory):
     depth = groundtruth.read_depth(depth_file)
     depth[10:14, 20:30] = np.nan  # no value there: NaN and confidence 0 after import
     groundtruth.write_depth(depth_file, depth)
-    out = mtpano("import", root / "data", "--format", "synth", "--out", root / "gt")
+    out = mtpano_here("import", root / "data", "--format", "synth", "--out", root / "gt")
     return root, out
 
 
@@ -98,9 +98,9 @@ def test_synth_import_holds_the_ground_truth_exactly(synth):
 
 def test_synth_store_verifies_and_inspects(synth):
     root, _ = synth
-    out = mtpano("verify", root / "gt")
+    out = mtpano_here("verify", root / "gt")
     assert out.returncode == 0 and "(ground_truth): clean (3 panoramas: 3 ok" in out.stderr, out.stderr
-    out = mtpano("inspect", root / "gt", "--recompute")
+    out = mtpano_here("inspect", root / "gt", "--recompute")
     assert out.returncode == 0, out.stderr
     assert "ground_truth" in out.stdout and f"kind ground_truth (synth from {(root / 'data').resolve()})" in out.stdout
     assert "layout" not in out.stdout and "room_00002" in out.stdout
@@ -152,7 +152,7 @@ def test_synth_height_resamples_with_the_ground_truth_rules(tmp_path):
 
 def test_usage_errors_exit_2_with_one_line_and_write_nothing(synth, tmp_path):
     root, _ = synth
-    out = mtpano("import", root / "data", "--format", "nope", "--out", tmp_path / "a")
+    out = mtpano_here("import", root / "data", "--format", "nope", "--out", tmp_path / "a")
     assert out.returncode == 2 and out.stderr.strip() == "error: unknown format 'nope'; formats: " + ", ".join(
         ["synth", "stanford2d3d", "structured3d", "matterport3d", "replica"]
     )
@@ -161,7 +161,7 @@ def test_usage_errors_exit_2_with_one_line_and_write_nothing(synth, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(root / "data", other)
     before = sorted(p.name for p in (root / "gt").rglob("*"))
-    out = mtpano("import", other, "--format", "synth", "--out", root / "gt")
+    out = mtpano_here("import", other, "--format", "synth", "--out", root / "gt")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "holds a store made otherwise" in out.stderr and "--overwrite" in out.stderr
     assert sorted(p.name for p in (root / "gt").rglob("*")) == before

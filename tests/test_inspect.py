@@ -10,7 +10,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from quality_stores import label, make_rooms, mtpano
+from quality_stores import label, make_rooms, mtpano_here
 
 from mtpano.preview import BACKGROUND, SIDE_WIDTH, TITLE_HEIGHT, panel_names, preview_layout
 from mtpano.visualize import colorize_depth, colorize_normals, colorize_scalar, colorize_semantic
@@ -34,7 +34,7 @@ def _ok(rows: dict) -> dict:
 
 def test_table_sorted_worst_first_with_a_summary_line(labelled):
     root, _, rows = labelled
-    out = mtpano("inspect", root / "store", "--sort", "normals_disagreement_deg")
+    out = mtpano_here("inspect", root / "store", "--sort", "normals_disagreement_deg")
     assert out.returncode == 0, out.stderr
     worst_first = sorted(_ok(rows), key=lambda k: -rows[k]["normals_disagreement_deg"])
     positions = [out.stdout.index(k) for k in [*worst_first, "broken"]]
@@ -49,7 +49,7 @@ def test_table_sorted_worst_first_with_a_summary_line(labelled):
 
 def test_json_worst_n(labelled):
     root, _, rows = labelled
-    out = mtpano("inspect", root / "store", "--json", "--worst", "2", "--sort", "normals_disagreement_deg")
+    out = mtpano_here("inspect", root / "store", "--json", "--worst", "2", "--sort", "normals_disagreement_deg")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["summary"]["ok"] == 3 and data["summary"]["failed"] == 1
@@ -68,7 +68,7 @@ def test_json_worst_n(labelled):
 
 def test_csv_with_ground_truth_and_recomputed_figures(labelled):
     root, _, rows = labelled
-    out = mtpano("inspect", root / "store", "--csv", "--gt", root / "gt", "--recompute")
+    out = mtpano_here("inspect", root / "store", "--csv", "--gt", root / "gt", "--recompute")
     assert out.returncode == 0, out.stderr
     table = list(csv.DictReader(io.StringIO(out.stdout)))
     assert [r["pano_id"] for r in table] == [r["pano_id"] for r in sorted(rows.values(), key=lambda r: r["index"])]
@@ -86,7 +86,7 @@ def test_csv_with_ground_truth_and_recomputed_figures(labelled):
 
 def test_one_panorama_per_task_with_a_ground_truth_file(labelled):
     root, _, rows = labelled
-    out = mtpano("inspect", root / "store", "room_00005", "--gt-semantic", root / "gt" / "room_00005_semantic.png")
+    out = mtpano_here("inspect", root / "store", "room_00005", "--gt-semantic", root / "gt" / "room_00005_semantic.png")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith(f"room_00005 (index {rows['room_00005']['index']}) · ok")
@@ -103,7 +103,7 @@ def test_preview_png_has_every_panel(labelled, tmp_path):
     root, store, rows = labelled
     path = tmp_path / "preview.png"
     P = 96
-    out = mtpano(
+    out = mtpano_here(
         "inspect", root / "store", "room_00006", "--preview", path, "--gt", root / "gt", "--panel-height", P, "--json"
     )
     assert out.returncode == 0, out.stderr
@@ -154,7 +154,7 @@ def test_preview_png_has_every_panel(labelled, tmp_path):
 
 def test_usage_errors_are_one_line(labelled):
     root, _, _ = labelled
-    out = mtpano("inspect", root / "store", "room_99999")
+    out = mtpano_here("inspect", root / "store", "room_99999")
     assert out.returncode == 2 and "no panorama 'room_99999' in the store (4 panoramas)" in out.stderr
-    out = mtpano("inspect", root / "store", "--sort", "sharpness")
+    out = mtpano_here("inspect", root / "store", "--sort", "sharpness")
     assert out.returncode == 2 and "unknown figure 'sharpness'" in out.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from quality_stores import label, make_rooms, mtpano
+from quality_stores import label, make_rooms, mtpano_here
 
 from storage.labelstore import MANIFEST, LabelStore
 from storage.verify import verify_store
@@ -33,7 +33,7 @@ def copy(clean_store, tmp_path):
 
 def test_clean_store_passes(clean_store):
     url, _ = clean_store
-    out = mtpano("verify", url)
+    out = mtpano_here("verify", url)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout == "" and "clean (2 panoramas: 2 ok, 0 failed, 0 pending; 2 ok rows read)" in out.stderr
 
@@ -41,7 +41,7 @@ def test_clean_store_passes(clean_store):
 def test_a_deleted_shard_is_found(copy):
     path, ids = copy
     (path / "normals" / "c" / "1" / "0" / "0" / "0").unlink()
-    out = mtpano("verify", path)
+    out = mtpano_here("verify", path)
     assert out.returncode == 1
     assert out.stdout.splitlines() == [f"{ids[1]} (index 1): normals: shard normals/c/1/0/0/0 is missing"]
     assert "1 problems in 1 panoramas" in out.stderr
@@ -53,7 +53,7 @@ def test_nan_normals_in_an_ok_row_are_found(copy):
     damaged = normals[0]
     damaged[:, 10:20, 30:50] = np.nan  # 200 pixels whose confidence still claims a label
     normals[0] = damaged
-    out = mtpano("verify", path)
+    out = mtpano_here("verify", path)
     assert out.returncode == 1
     lines = out.stdout.splitlines()
     assert f"{ids[0]} (index 0): normals: 200 pixels NaN where normals_confidence > 0 claims a label" in lines
@@ -67,7 +67,7 @@ def test_a_manifest_row_past_the_end_is_found(copy):
     index = table.column("index").to_pylist()
     index[1] = 5
     pq.write_table(table.set_column(table.schema.get_field_index("index"), "index", [index]), path / MANIFEST)
-    out = mtpano("verify", path)
+    out = mtpano_here("verify", path)
     assert out.returncode == 1
     lines = out.stdout.splitlines()
     assert f"{ids[1]} (index 5): row points past the end of the arrays (2 panoramas)" in lines
