@@ -43,7 +43,7 @@ class LabelConfig:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a labelling run executes (does not change the labels)."""
+    """How a labelling or prediction run executes (does not change what it writes)."""
 
     # Ray workers: one per GPU when GPUs are present, else CPU workers; None = all devices.
     workers: int | None = None
