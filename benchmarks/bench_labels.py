@@ -9,11 +9,12 @@ Printed, all measured in this run, on this machine:
    Mask2Former gives them), one process, all cores, through `run_labels` as `--in-process`
    runs it: per-stage medians from the rows (decode, sample, fuse and its share per task,
    quality figures, write), at labels 512x1024 and 1024x2048 (also at FoV 90°), for depth
-   alone, depth and normals, and all three tasks (also with geometric normals). The reference is pyequilib's `pers2equi`
-   re-projecting the same 20 RGB patches to the same label size, run after every panorama
-   (interleaved), median. Targets: the non-teacher total at most 0.35x `pers2equi`; semantic
-   fusion at most 2x depth fusion. The first call of a run is left out (it also computes how
-   teacher maps of a new resolution are read).
+   alone, depth and normals, and all three tasks (also with geometric normals). The
+   reference is pyequilib's `pers2equi` re-projecting the same 20 RGB patches to the same
+   label size, in a process of its own (`Pers2EquiReference`), run after every panorama
+   (interleaved), median. Targets: the non-teacher total at most 0.35x `pers2equi`;
+   semantic fusion at most 2x depth fusion. The first call of a run is left out (it also
+   computes how teacher maps of a new resolution are read).
 2. Start-up of `mtpano labels` with Ray and one worker, as a user runs it: process start to
    the first panorama's row, against `ray.init` alone (in another process); target: at most
    10 s more. The pieces are measured apart: the driver's imports, `ray.init`, the worker's
@@ -29,6 +30,7 @@ Printed, all measured in this run, on this machine:
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -129,18 +131,51 @@ def pers2equi_timer(config: LabelConfig, source: str):
     return run
 
 
+def _pers2equi_child(conn, config: LabelConfig, source: str) -> None:
+    """The reference's process: time `pers2equi` each time the parent asks; None stops it."""
+    run = pers2equi_timer(config, source)
+    conn.send("ready")
+    while conn.recv() is not None:
+        conn.send(run())
+
+
+class Pers2EquiReference:
+    """pyequilib's `pers2equi` in a process of its own, as a user runs it, so that the
+    labeller's memory does not share its heap: in the labeller's process its median at
+    512x1024 once swung from 0.7 s to 0.39 s between two cases of one run. Each call times
+    one run (interleaved with the panoramas, so both see the same load)."""
+
+    def __init__(self, config: LabelConfig, source: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_pers2equi_child, args=(child, config, source), daemon=True)
+        self.process.start()
+        assert self.conn.recv() == "ready", "the pers2equi reference did not start"
+
+    def __call__(self) -> float:
+        self.conn.send(True)
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join()
+
+
 def non_teacher_cost(data: Path, root: Path, case: Case) -> dict[str, float]:
     """Median seconds per panorama of every stage (and per task of fusion), the non-teacher
     total, and `pers2equi` interleaved with the panoramas."""
     config = case.config()
     sources = sorted(str(p) for p in data.glob("*.png"))
-    reference = pers2equi_timer(config, sources[0])
+    reference = Pers2EquiReference(config, sources[0])
     reference_seconds: list[float] = []
     options = RunOptions(in_process=True)
-    summary = run_labels(
-        str(data), str(root / f"cost-{case.name}-{case.task_names}"), config, options,
-        on_result=lambda _: reference_seconds.append(reference()),
-    )  # fmt: skip
+    try:
+        summary = run_labels(
+            str(data), str(root / f"cost-{case.name}-{case.task_names}"), config, options,
+            on_result=lambda _: reference_seconds.append(reference()),
+        )  # fmt: skip
+    finally:
+        reference.close()
     assert summary.exit_code == 0, summary.failed
     rows = sorted(LabelStore.open(summary.store).rows(), key=lambda r: r["index"])[options.panoramas_per_call :]
     out = {stage: median([r[f"t_{stage}"] for r in rows]) for stage in STAGES}

@@ -115,18 +115,19 @@ def align_log_scales(
         return Alignment(ones, torch.zeros_like(ones), math.nan, math.nan, 0)
     a, b = patch[kept[:, 0]], patch[kept[:, 1]]
     diff = (log_range[kept[:, 0]] - log_range[kept[:, 1]]).double()  # (K,)
-    cols = torch.stack((a, b), 1)  # (K,2)
-    vals = torch.tensor([1.0, -1.0], dtype=torch.float64, device=diff.device).expand(len(a), 2)
+    # Every row of the system is e_a - e_b: A = diag(row + column sums of W) - W - W^T, with W
+    # the summed weights per ordered patch pair, one bincount per round.
+    cell = a * P + b  # (K,) the pair's cell of the (P,P) W
     residual_before = _rms(diff, w)
-    normal_equations = _NormalEquations(cols, vals, P)
     robust = torch.ones_like(w)
-    x = torch.zeros(P, dtype=torch.float64, device=diff.device)
+    ones = torch.ones(P, dtype=torch.float64, device=diff.device)
     for _ in range(iterations + 1):
         ww = w * robust
-        A = normal_equations(ww)
-        rhs = torch.zeros(P, dtype=torch.float64, device=diff.device)
-        rhs.index_add_(0, a, -ww * diff).index_add_(0, b, ww * diff)
-        x = _solve_constrained(A, rhs, torch.ones(P, dtype=torch.float64, device=diff.device), 0.0)
+        W = torch.bincount(cell, weights=ww, minlength=P * P).view(P, P)  # (P*P,) -> (P,P)
+        A = torch.diag(W.sum(0) + W.sum(1)) - W - W.T
+        pull = ww * diff
+        rhs = torch.bincount(b, weights=pull, minlength=P) - torch.bincount(a, weights=pull, minlength=P)
+        x = _solve_constrained(A, rhs, ones, 0.0)
         res = diff + x[a] - x[b]
         robust = _robust_weights(res)
     return Alignment(torch.exp(x), torch.zeros_like(x), _rms(res, w * robust), residual_before, len(a))

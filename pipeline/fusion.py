@@ -111,8 +111,8 @@ class FusionGeometry:
         align_weights: (M,) float32 the border weights, slot order: the depth alignment's.
         weight_sum: (H*W,) float32 the fusion weights' sum per pixel, compact order.
         ray_norm: (M,) float32 ||c|| of each entry's c_z = 1 camera ray, slot order.
-        patch: (M,) int64 patch of each entry, slot order.
-        entry: (M,) int64 the mapping-order index of the entry in each slot.
+        patch: (M,) int32 patch of each entry, slot order (int32 as `SlotLayout.entry`).
+        entry: (M,) int32 the mapping-order index of the entry in each slot.
         align_pairs: (K',2) int64 slots of an even subsample of the pairs of entries that see
             the same pixel from two patches, at most `align_max_pairs` (`SlotLayout.pairs`).
         count: (H*W,) int64 patches that see each pixel, compact order.
@@ -120,6 +120,8 @@ class FusionGeometry:
         corners: per teacher map resolution (h, w), the (M,) int32 flat index y0 * w + x0 of
             the map pixel at the top left of each entry's bilinear read (`top_left`).
         buffers: scratch memory reused from patch to patch (`scratch`).
+        spare: per-entry arrays given back by finished panoramas, reused by the next ones
+            (`take`, `give`).
     """
 
     cameras: PatchCameras
@@ -138,6 +140,9 @@ class FusionGeometry:
     polar: Tensor
     corners: dict[tuple[int, int], Tensor] = field(default_factory=dict, compare=False, repr=False)
     buffers: dict[torch.dtype, Tensor] = field(default_factory=dict, compare=False, repr=False)
+    spare: dict[tuple[tuple[int, ...], torch.dtype], list[Tensor]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(cls, cameras: PatchCameras, erp_height: int, config: FusionConfig) -> FusionGeometry:
@@ -172,8 +177,8 @@ class FusionGeometry:
             align_weights=layout.to_slots(border),
             weight_sum=layout.reduce(layout.to_slots(weights)),
             ray_norm=layout.to_slots(ray_norm),
-            patch=layout.to_slots(patch),
-            entry=layout.to_slots(torch.arange(len(patch), device=patch.device)),
+            patch=layout.to_slots(patch).int(),
+            entry=layout.entry,
             align_pairs=layout.pairs(config.align_max_pairs),
             count=layout.count[layout.order],
             polar=polar[layout.order],
@@ -205,6 +210,19 @@ class FusionGeometry:
             buffer = self.buffers[dtype] = torch.empty(size, dtype=dtype, device=self.device)
         return buffer[:size].view(shape)
 
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        """An uninitialised tensor of `shape`: one that was given back (`give`) if any, else a
+        new one. Per-entry arrays are tens of MB at large label sizes (an (3,M) float32 array
+        is 87 MB at 1024x2048, FoV 90°), and fresh memory costs more in page faults than most
+        passes over it; panoramas follow each other, so the same few arrays serve them all."""
+        kept = self.spare.get((tuple(shape), dtype))
+        return kept.pop() if kept else torch.empty(shape, dtype=dtype, device=self.device)
+
+    def give(self, *tensors: Tensor) -> None:
+        """Give back tensors from `take` that nothing reads any more."""
+        for t in tensors:
+            self.spare.setdefault((tuple(t.shape), t.dtype), []).append(t)
+
     def top_left(self, height: int, width: int) -> Tensor:
         """(M,) int32 flat index y0 * width + x0 of the map pixel at the top left of the four
         that grid_sample reads each entry from, in maps of (height, width) pixels (mapping
@@ -215,9 +233,9 @@ class FusionGeometry:
             self.corners[key] = corners.y0.int() * width + corners.x0.int()
         return self.corners[key]
 
-    def to_slots(self, values: Tensor) -> Tensor:
-        """(..., M) per-entry values in mapping order -> the same in slot order."""
-        return self.layout.to_slots(values)
+    def to_slots(self, values: Tensor, out: Tensor | None = None) -> Tensor:
+        """(..., M) per-entry values in mapping order -> the same in slot order (into `out`)."""
+        return self.layout.to_slots(values, out=out)
 
 
 @dataclass
@@ -345,12 +363,14 @@ class PanoramaFusion:
         # Seconds spent per task, reading patches and fusing (wall time on the host).
         present = {"depth": depth_kind is not None, "semantic": num_classes is not None, "normals": normals}
         self.seconds = {task: 0.0 for task, there in present.items() if there}
+        # The per-entry state comes from the geometry's spare arrays and goes back to them
+        # when the panorama is finished (`FusionGeometry.take`).
         if depth_kind is not None:
-            self.depth_value = torch.empty(M, device=g.device)  # teacher depth
+            self.depth_value = g.take((M,))  # teacher depth
             self.depth_teacher_conf: Tensor | None = None  # 1 until a teacher gives one
             self.alignment: Alignment | None = None
         if normals:
-            self.normal_value = torch.empty(3, M, device=g.device)  # world frame
+            self.normal_value = g.take((3, M))  # world frame
             self.normal_teacher_conf: Tensor | None = None
         if num_classes is not None:
             self.num_classes = num_classes
@@ -359,7 +379,7 @@ class PanoramaFusion:
             # Per entry (see `add_semantic`), rows of one (3,M) array: the entry's argmax (-1 = no
             # label), its probability, and a bound on the probability of any class the entry does
             # not know (its argmax and its second class, if it has one), both times its weight.
-            self.sem = torch.empty(3, M, device=g.device)
+            self.sem = g.take((3, M))
             # The entries' weights: the border weights until a teacher's confidence or a hole changes them.
             self.sem_weight: Tensor | None = None
             self._seconds: list[tuple[Tensor, Tensor, Tensor]] = []  # (entries, classes, weighted probabilities)
@@ -629,26 +649,29 @@ class PanoramaFusion:
             base_sum, count, all_valid = g.layout.reduce(base), g.layout.reduce(valid), False
         if confidence is None:
             return base, base_sum, base_sum, count, all_valid
-        w = base * g.to_slots(confidence)
+        w = g.to_slots(confidence).mul_(base)
         return w, base_sum, g.layout.reduce(w), count, all_valid
 
     def _fused_depth(self, labels: FusedLabels) -> None:
         g, cfg = self.geometry, self.config
         a = self.align_depth()
-        v = g.to_slots(self.depth_value)
-        scale = a.scale.float().index_select(0, g.patch)  # (M,)
+        # In place where the operands are this function's own: at 1024x2048 an (M,) array is
+        # 30 MB, and a fresh one costs its page faults.
+        M = g.num_entries
+        value = g.to_slots(self.depth_value, out=g.take((M,)))
+        scale = torch.index_select(a.scale.float(), 0, g.patch, out=g.take((M,)))  # (M,)
         if self.depth_kind == METRIC_ZDEPTH:
-            value = v * g.ray_norm * scale  # aligned range
+            value.mul_(g.ray_norm).mul_(scale)  # aligned range
         else:
-            value = (v * scale + a.shift.float().index_select(0, g.patch)) / g.ray_norm  # aligned inverse range
+            value.mul_(scale).add_(a.shift.float().index_select(0, g.patch)).div_(g.ray_norm)  # aligned inverse range
         valid = (value > 0) & (value < math.inf)  # finite and positive
         w, base_sum, wsum, nvalid, all_valid = self._weights(valid, self.depth_teacher_conf)
         if not all_valid:
-            value = torch.where(valid, value, 1.0)  # log 1 = 0, and w = 0 there
-        log_v = torch.log(value)
-        w_log = w * log_v
+            value.masked_fill_(~valid, 1.0)  # log 1 = 0, and w = 0 there
+        log_v = torch.log(value, out=g.take((M,)))
+        w_log = torch.mul(w, log_v, out=scale)
         reduce = g.layout.reduce
-        vsum, l2sum = reduce(w * value, overwrite=True), reduce(w_log * log_v, overwrite=True)  # (H*W,) each
+        vsum, l2sum = reduce(value.mul_(w), overwrite=True), reduce(log_v.mul_(w_log), overwrite=True)  # (H*W,) each
         lsum = reduce(w_log, overwrite=True)
         has = wsum > 0
         fused = torch.where(has, vsum / wsum.clamp_min(1e-12), math.nan)
@@ -669,14 +692,17 @@ class PanoramaFusion:
         labels.stats["depth_scales"] = a.scale.tolist()
         labels.stats["depth_shifts"] = a.shift.tolist()
         self._coverage_stats(labels.stats, "depth", has, conf)
+        g.give(value, scale, log_v)  # the sums above may be views of them
 
     # ------------------------------------------------------------------ normals
     def _fused_normals(self, labels: FusedLabels) -> None:
         g, cfg = self.geometry, self.config
-        n = g.to_slots(self.normal_value)
+        n = g.to_slots(self.normal_value, out=g.take(self.normal_value.shape))  # (3,M), changed in place
         valid = ~torch.isnan(n[0])  # a normal is finite or all NaN (a hole, or a zero vector normalised)
         w, base_sum, wsum, nvalid, all_valid = self._weights(valid, self.normal_teacher_conf)
-        vec = g.layout.reduce((n if all_valid else torch.where(valid, n, 0.0)) * w, overwrite=True)  # (3,M) -> (3,H*W)
+        if not all_valid:
+            n.masked_fill_(~valid, 0.0)
+        vec = g.layout.reduce(n.mul_(w), overwrite=True)  # (3,M) -> (3,H*W)
         length = vec.square().sum(0).sqrt()
         has = (wsum > 0) & (length > 1e-12)
         fused = torch.where(has, vec / length.clamp_min(1e-12), math.nan)
@@ -687,6 +713,7 @@ class PanoramaFusion:
         labels.normals, labels.normals_confidence = self._image(fused), self._image(conf)
         labels.stats["normals_disagreement_deg"] = _masked_mean(spread_deg, has & (nvalid >= 2))
         self._coverage_stats(labels.stats, "normals", has, conf)
+        g.give(n)  # `vec` may be a view of it
 
     # ------------------------------------------------------------------ semantic
     def _fused_semantic(self, labels: FusedLabels) -> None:
@@ -701,7 +728,7 @@ class PanoramaFusion:
         """
         g, cfg = self.geometry, self.config
         layout = g.layout
-        sem = g.to_slots(self.sem)
+        sem = g.to_slots(self.sem, out=g.take(self.sem.shape))
         classes = sem[_CLASS]
         # Without teacher confidences or holes, every entry weighs its border weight (> 0) and
         # has a label: the per-pixel weights and counts are the layout's own.
@@ -751,6 +778,7 @@ class PanoramaFusion:
         hist = torch.bincount(label.clamp(min=0), weights=has.double(), minlength=self.num_classes)
         labels.stats["semantic_histogram"] = (hist / hist.sum().clamp_min(1)).tolist()
         self._coverage_stats(labels.stats, "semantic", has, conf)
+        g.give(sem)
 
     def _summed_exactly(self, pixels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """Argmax class (L,) and its summed weighted probability (L,) of compact `pixels` (L,),
@@ -843,6 +871,11 @@ class PanoramaFusion:
         if self.has_semantic:
             with self._timed("semantic"):
                 self._fused_semantic(labels)
+        # The state goes back to the geometry for the next panorama; a finished fusion holds none.
+        for name in ("depth_value", "normal_value", "sem"):
+            if hasattr(self, name):
+                self.geometry.give(getattr(self, name))
+                delattr(self, name)
         return labels
 
 

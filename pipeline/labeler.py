@@ -94,6 +94,7 @@ class PanoramaLabeler:
         self.geometry = FusionGeometry.build(cameras, config.erp_height, config.fusion)
         self.seams = SeamGeometry.from_mapping(self.geometry.mapping)
         self._sampling: tuple[int, Tensor] | None = None  # (panorama height, its patch sampling grid)
+        self._patches: Tensor | None = None  # see `_patch_buffer`
         depth = teachers.get("depth")
         self.depth_kind = depth.depth_kind if depth is not None else None
         semantic = teachers.get("semantic")
@@ -139,15 +140,22 @@ class PanoramaLabeler:
             arr_c[patch] = conf.cpu().numpy()
 
     # ------------------------------------------------------------------ stages
-    def _sample(self, pano: _Panorama) -> Tensor:
-        """(P,3,h,w) float32 RGB patches of a panorama, on the device."""
+    def _patch_buffer(self, panoramas: int) -> Tensor:
+        """(panoramas*P,3,h,w) float32 memory for the patches of a call, kept from call to call."""
+        P, s = len(self.cameras), self.config.patch_size
+        if self._patches is None or len(self._patches) < panoramas * P:
+            self._patches = torch.empty(panoramas * P, 3, s, s, device=self.device)
+        return self._patches[: panoramas * P]
+
+    def _sample(self, pano: _Panorama, out: Tensor) -> Tensor:
+        """(P,3,h,w) float32 RGB patches of a panorama, on the device, written into `out`."""
         # Arrays from Ray's object store are read-only, and torch wants to own writable memory.
         array = pano.image if pano.image.flags.writeable else pano.image.copy()
         image = torch.from_numpy(array).to(self.device).permute(2, 0, 1)[None]  # (H,W,3) -> (1,3,H,W)
         height = image.shape[2]
         if self._sampling is None or self._sampling[0] != height:  # panoramas of a data set share a size
             self._sampling = (height, patch_sampling_grid(self.cameras, height))
-        patches = erp_to_patches(image, self.cameras, grid=self._sampling[1])[0]  # (P,3,h,w)
+        patches = erp_to_patches(image, self.cameras, grid=self._sampling[1], out=out[None])[0]  # (P,3,h,w)
         if self.config.keep_patches:
             rgb = (patches.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
             pano.kept["patches/rgb"] = rgb
@@ -254,8 +262,10 @@ class PanoramaLabeler:
         for pano, t in zip(panos, batch["t_decode"], strict=True):
             pano.seconds["decode"] = float(t)
         live = [k for k, p in enumerate(panos) if not p.error]
-        patches, owners = [], []
-        for k in live:
+        P = len(self.cameras)
+        all_patches = self._patch_buffer(len(live))  # (K*P,3,h,w)
+        owners = []
+        for i, k in enumerate(live):
             pano = panos[k]
             began = time.perf_counter()
             pano.fusion = PanoramaFusion(
@@ -265,11 +275,10 @@ class PanoramaLabeler:
                 len(self.class_names) if self.class_names is not None else None,
                 normals="normals" in self.teachers,
             )
-            patches.append(self._sample(pano))
-            owners += [(k, n) for n in range(len(self.cameras))]
+            self._sample(pano, all_patches[i * P : (i + 1) * P])
+            owners += [(k, n) for n in range(P)]
             pano.seconds["sample"] = time.perf_counter() - began
         if live:
-            all_patches = torch.cat(patches)  # (K*P,3,h,w)
             try:
                 for task in ("depth", "semantic", "normals"):
                     if task in self.teachers and not self.resolved[task].from_depth:
@@ -278,7 +287,6 @@ class PanoramaLabeler:
                 message = _one_line(err)
                 for k in live:
                     panos[k].error = message
-            del all_patches, patches
         for pano in panos:
             self._finish(pano)
         return {

@@ -18,6 +18,7 @@ are computed by the labelling workers).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -217,6 +218,17 @@ class SeamGeometry:
             inner_v=seen_v & (patch_set[:-1] == patch_set[1:]),
         )
 
+    @functools.cached_property
+    def border_pairs_h(self) -> Tensor:
+        """(K,) flat indices v * W + u of the horizontal border pairs, in raster order: a
+        border's few pairs are read from the step maps instead of masking all of them."""
+        return torch.nonzero(self.border_h.flatten()).squeeze(1)
+
+    @functools.cached_property
+    def border_pairs_v(self) -> Tensor:
+        """(K,) flat indices v * W + u of the vertical border pairs, in raster order."""
+        return torch.nonzero(self.border_v.flatten()).squeeze(1)
+
     @classmethod
     def for_store(cls, spec: StoreSpec, device: torch.device | str | None = None) -> SeamGeometry:
         """The seams of a store's layout at its label resolution."""
@@ -290,15 +302,17 @@ def _row_steps(steps: Tensor, inner: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return value, ok, mean
 
 
-def _row_ratio(value: Tensor, ok: Tensor, mean: Tensor, selected: Tensor) -> tuple[float, float]:
-    """(sum of the selected compared steps, sum of their rows' mean interior steps) over the rows
-    that have interior pairs (see `_row_steps`; value, ok and selected (R,C'), mean (R,)). Sums
-    accumulate in float64."""
-    has_interior = ~torch.isnan(mean)
-    chosen = selected & ok & has_interior.unsqueeze(-1)
-    observed = torch.where(chosen, value, 0.0).sum(dtype=torch.float64)
-    expected = torch.where(has_interior, mean, 0.0) * chosen.sum(-1)
-    return float(observed), float(expected.sum())
+def _pairs_ratio(value: Tensor, ok: Tensor, mean: Tensor, pairs: Tensor) -> tuple[float, float]:
+    """(sum of the compared steps of some pairs, sum of their rows' mean interior steps) over
+    the rows that have interior pairs (see `_row_steps`; value and ok (R,C), mean (R,)).
+    `pairs`: (K,) flat indices r * C + c of the pairs, in raster order. Sums accumulate in
+    float64."""
+    rows = torch.div(pairs, value.shape[1], rounding_mode="floor")
+    row_mean = mean.index_select(0, rows)  # (K,)
+    chosen = ok.view(-1).index_select(0, pairs) & ~torch.isnan(row_mean)
+    observed = torch.where(chosen, value.view(-1).index_select(0, pairs), 0.0).sum(dtype=torch.float64)
+    expected = torch.where(chosen, row_mean, 0.0).sum()
+    return float(observed), float(expected)
 
 
 def seam_figures(task: str, values: Tensor, seams: SeamGeometry) -> dict[str, float]:
@@ -314,11 +328,11 @@ def seam_figures(task: str, values: Tensor, seams: SeamGeometry) -> dict[str, fl
     """
     dh, dv = pair_steps(task, values.to(seams.owner.device))
     horizontal, vertical = _row_steps(dh, seams.inner_h), _row_steps(dv, seams.inner_v)
-    seam_h, expected_h = _row_ratio(*horizontal, seams.border_h)
-    seam_v, expected_v = _row_ratio(*vertical, seams.border_v)
-    value, ok, mean = horizontal
-    last = slice(value.shape[1] - 1, None)  # the pairs of the last column with the first
-    wrap_sum, wrap_expected = _row_ratio(value[:, last], ok[:, last], mean, torch.ones_like(ok[:, last]))
+    seam_h, expected_h = _pairs_ratio(*horizontal, seams.border_pairs_h)
+    seam_v, expected_v = _pairs_ratio(*vertical, seams.border_pairs_v)
+    H, W = dh.shape
+    last = torch.arange(W - 1, H * W, W, device=dh.device)  # the pairs of the last column with the first
+    wrap_sum, wrap_expected = _pairs_ratio(*horizontal, last)
 
     def ratio(observed: float, expected: float) -> float:
         return observed / expected if expected > 0 else math.nan

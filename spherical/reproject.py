@@ -136,10 +136,12 @@ class SlotLayout:
 
     Fields:
         position: (M,) int64 position of each entry (in the mapping's order).
-        entry: (M,) int64 the entry (mapping order) at each position: the inverse of `position`.
+        entry: (M,) int32 the entry (mapping order) at each position: the inverse of `position`.
+            int32, as `rank`: a gather of millions of values with it reads half the index
+            bytes of an int64 one, and takes half the time on a CPU.
         starts: S + 1 ints, S the most patches that see one pixel.
         order: (H*W,) int64 raster index v * W + u of each compact pixel.
-        rank: (H*W,) int64 compact index of each raster pixel (the inverse of `order`).
+        rank: (H*W,) int32 compact index of each raster pixel (the inverse of `order`).
         count: (H*W,) int64 patches that see each pixel, raster order.
     """
 
@@ -200,11 +202,12 @@ class SlotLayout:
             torch.maximum(head, part, out=head)
         return out
 
-    def to_slots(self, values: Tensor) -> Tensor:
-        """(..., M) per-entry values in the mapping's order -> the same in position order."""
-        if values.ndim == 1:
-            return values.index_select(0, self.entry)
-        out = torch.empty_like(values)
+    def to_slots(self, values: Tensor, out: Tensor | None = None) -> Tensor:
+        """(..., M) per-entry values in the mapping's order -> the same in position order,
+        written into `out` (contiguous, of the same shape and dtype) when given."""
+        if out is None:
+            out = torch.empty_like(values, memory_format=torch.contiguous_format)
+        assert out.shape == values.shape and out.dtype == values.dtype and out.is_contiguous(), "bad out"
         for row, source in zip(out.view(-1, values.shape[-1]), values.reshape(-1, values.shape[-1]), strict=True):
             torch.index_select(source, 0, self.entry, out=row)
         return out
@@ -239,7 +242,7 @@ class SlotLayout:
         if not keys:
             return torch.zeros(0, 2, dtype=torch.int64, device=device)
         order = torch.argsort(torch.cat(keys))
-        return torch.stack((torch.cat(firsts)[order], torch.cat(seconds)[order]), 1)
+        return torch.stack((torch.cat(firsts)[order], torch.cat(seconds)[order]), 1).long()
 
     def to_raster(self, values: Tensor) -> Tensor:
         """(..., H*W) values in compact order -> (..., H*W) in raster order."""
@@ -431,7 +434,7 @@ class PatchToErp:
         position = torch.tensor(starts[:-1], dtype=torch.int64, device=device)[slot] + rank[index]
         entry = torch.empty_like(position)
         entry[position] = torch.arange(len(position), device=device)
-        return SlotLayout(position, entry, tuple(starts), order, rank, count)
+        return SlotLayout(position, entry.int(), tuple(starts), order, rank.int(), count)
 
     def centre_distance(self) -> Tensor:
         """(M,) distance of each entry from its patch centre, in units of half the patch width."""

@@ -88,7 +88,11 @@ def patch_sampling_grid(cameras: PatchCameras, erp_height: int) -> Tensor:
 
 
 def erp_to_patches(
-    erp: Tensor, cameras: PatchCameras, mode: SampleMode = "bilinear", grid: Tensor | None = None
+    erp: Tensor,
+    cameras: PatchCameras,
+    mode: SampleMode = "bilinear",
+    grid: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Sample perspective patches from ERP images.
 
@@ -99,8 +103,11 @@ def erp_to_patches(
         mode: "bilinear" for images and continuous maps, "nearest" for labels.
         grid: the cameras' `patch_sampling_grid` for height H, in the work dtype (float32, or
             float64 for float64 images), when already computed.
+        out: optional (B,N,C,h,w) tensor of float32 or float64 `erp`'s dtype to write the
+            patches into (a caller's buffer reused from image to image: a fresh one of tens
+            of MB costs more in page faults than the sampling).
     Returns:
-        (B,N,C,h,w) patches in the dtype of `erp`, on its device.
+        (B,N,C,h,w) patches in the dtype of `erp`, on its device (`out` when given).
     """
     if erp.ndim != 4:
         raise ValueError(f"erp must be (B,C,H,W), got {tuple(erp.shape)}")
@@ -116,7 +123,10 @@ def erp_to_patches(
     padded = pad_erp(erp.to(work_dtype))  # (B,C,H+2,W+2)
     # The B images become channels of one input, so that one grid serves all of them.
     padded = padded.reshape(1, B * C, H + 2, padded.shape[-1])  # (1,B*C,H+2,W+2)
-    out = torch.empty(B, N, C, h, w, dtype=work_dtype, device=erp.device)
+    if out is None:
+        out = torch.empty(B, N, C, h, w, dtype=work_dtype, device=erp.device)
+    elif out.shape != (B, N, C, h, w) or out.dtype != erp.dtype or erp.dtype != work_dtype:
+        raise ValueError(f"out must be ({B}, {N}, {C}, {h}, {w}) of a float32 or float64 erp's dtype")
     # Several patches per call, as batch rows of one expanded (not copied) input: the CPU
     # kernel parallelises over batch rows only, so a call takes a multiple of the thread count.
     threads = torch.get_num_threads()

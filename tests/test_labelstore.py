@@ -373,6 +373,10 @@ def test_add_panoramas_grows_every_array_and_keeps_data(tmp_path: Path) -> None:
     third = _arrays(spec, seed=14)
     reopened.write_panorama(4, third, _row(_entries(5)[4]))
     assert np.array_equal(LabelStore.open(url).read(4, ["patches/depth"])["patches/depth"], third["patches/depth"])
+    # The store that grew writes into the new indices too (it reopens its arrays at their new shape).
+    fourth = _arrays(spec, seed=15)
+    store.write_panorama(3, fourth, _row(_entries(5)[3]))
+    assert np.array_equal(LabelStore.open(url).read(3, ["depth"])["depth"], fourth["depth"])
 
 
 def test_add_panoramas_checks_indices(tmp_path: Path) -> None:

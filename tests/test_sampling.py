@@ -137,6 +137,14 @@ def test_batches_and_chunks_match_one_plain_grid_sample(monkeypatch):
     torch.testing.assert_close(whole, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(chunked, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(erp_to_patches(erp[1:], cams[2:5])[0], expected[1, 2:5], rtol=0, atol=1e-12)
+    # Into a caller's buffer: the same values, in that memory.
+    buffer = torch.full((2, len(cams), 3, 12, 10), math.nan, dtype=torch.float64)
+    assert erp_to_patches(erp, cams, out=buffer) is buffer
+    torch.testing.assert_close(buffer, expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="out must be"):
+        erp_to_patches(erp, cams, out=buffer[:1])
+    with pytest.raises(ValueError, match="out must be"):
+        erp_to_patches(erp, cams, out=buffer.float())
 
 
 def test_half_precision_input_keeps_float32_geometry():
