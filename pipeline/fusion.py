@@ -739,23 +739,35 @@ class PanoramaFusion:
         values, bound = sem[_PROB], sem[_BOUND]  # times the entries' weights
         candidate = layout.reduce_argmax(values, classes)  # (H*W,) the class of the largest value
         wanted = layout.broadcast(candidate)  # (M,) each entry's pixel's candidate
-        known = classes == wanted
-        contribution = torch.where(known, values, 0.0)
-        rival = torch.where(known, bound, torch.maximum(values, bound))
+        # The entries whose class is not their pixel's candidate are few (where patches
+        # disagree): what concerns them is done at their positions only, and the rows of
+        # `sem` become in place the contributions to the candidate (values) and the rivals
+        # (bounds), which differ from them only there.
+        other = torch.nonzero(classes != wanted).squeeze(1)  # (R,) positions, ascending
+        other_bound = bound[other]  # (R,)
+        bound[other] = torch.maximum(values[other], other_bound)
+        values[other] = 0.0
+        contribution, rival = values, bound
+        known = torch.zeros(len(other), dtype=torch.bool, device=g.device)  # (R,) its second is the candidate
         if self._seconds:
             entries, second, second_value = (torch.cat(t) for t in zip(*self._seconds, strict=True))
             at = g.layout.position[entries]
             hit = second.float() == wanted[at]
             contribution.index_add_(0, at, torch.where(hit, second_value, 0.0))
-            known[at] |= hit
             rival[at] = torch.where(hit, rival[at], torch.maximum(rival[at], second_value))
-        unknown = ~known & (bound > _NEGLIGIBLE)
+            hit_at = at[hit]
+            row = torch.searchsorted(other, hit_at)
+            assert bool((other[row.clamp_max(len(other) - 1)] == hit_at).all()), "a hit entry knew the candidate"
+            known[row] = True
+        unknown = ~known & (other_bound > _NEGLIGIBLE)
         if not everyone:
-            unknown &= weight > 0
+            unknown &= weight[other] > 0
         fused = layout.reduce(contribution, overwrite=True)
-        rival, unknown = layout.reduce(rival, overwrite=True), layout.reduce(unknown)
+        rival = layout.reduce(rival, overwrite=True)
+        uncertain = fused <= rival
+        uncertain[layout.pixels_at(other[unknown])] = True
         label = torch.where(has, candidate, -1.0).long()
-        exact = torch.nonzero(has & ((unknown > 0) | (fused <= rival))).squeeze(1)
+        exact = torch.nonzero(has & uncertain).squeeze(1)
         if exact.numel():
             label[exact], fused[exact] = self._summed_exactly(exact, weight)
         self._seconds.clear()
@@ -767,11 +779,13 @@ class PanoramaFusion:
         labels.semantic, labels.semantic_confidence = self._image(label), self._image(conf.clamp(0, 1))
         # Disagreement: share of overlap pixels where two patches' argmax classes differ, that is
         # where a labelled entry's class is not the candidate (which is one of them).
+        differ = torch.zeros_like(has)
         if everyone:
-            compared, differ = g.count >= 2, layout.reduce(classes != wanted) > 0
+            compared = g.count >= 2
+            differ[layout.pixels_at(other)] = True
         else:
-            labelled = classes >= 0
-            compared, differ = layout.reduce(labelled) >= 2, layout.reduce(labelled & (classes != wanted)) > 0
+            compared = layout.reduce(classes >= 0) >= 2
+            differ[layout.pixels_at(other[classes[other] >= 0])] = True
         differ &= compared
         n_compared, n_differ = torch.stack((compared.sum(), differ.sum())).tolist()
         labels.stats["semantic_disagreement"] = n_differ / n_compared if n_compared else math.nan

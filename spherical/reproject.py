@@ -212,6 +212,12 @@ class SlotLayout:
             torch.index_select(source, 0, self.entry, out=row)
         return out
 
+    def pixels_at(self, positions: Tensor) -> Tensor:
+        """(R,) int64 compact pixel of each of the (R,) `positions`."""
+        starts = torch.tensor(self.starts, device=positions.device)
+        slot = torch.searchsorted(starts[1:], positions, right=True)  # (R,) the slot of each position
+        return positions - starts[slot]
+
     def broadcast(self, pixel_values: Tensor) -> Tensor:
         """Per-pixel values (..., H*W) in compact order -> (..., M) the value of each slot's pixel."""
         return torch.cat([pixel_values[..., : self.starts[s + 1] - self.starts[s]] for s in range(self.slots)], -1)
