@@ -446,8 +446,8 @@ class PanoramaFusion:
             for k, n in enumerate(patches):
                 R = self.geometry.cameras.rotation[n].float()
                 for entries, cam in self._read(self._clean(normals[k], "normals"), n):
-                    world = R @ cam  # (3,3) @ (3,L) -> (3,L)
-                    self.normal_value[:, entries] = world.div_(world.square().sum(0).sqrt_())
+                    world = torch.mm(R, cam, out=self.normal_value[:, entries])  # (3,3) @ (3,L) -> (3,L), in place
+                    world.div_(world.square().sum(0).sqrt_())
                 if confidence is not None:
                     conf = self._confidence("normal_teacher_conf")
                     for entries, out in self._read(confidence[k][None], n):

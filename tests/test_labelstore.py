@@ -182,9 +182,9 @@ def test_one_shard_file_per_written_panorama(tmp_path: Path) -> None:
     _assert_unwritten(store, 2)
 
 
-@pytest.mark.parametrize(("erp_height", "inner"), [(300, (150, 200)), (512, (256, 256))])
+@pytest.mark.parametrize(("erp_height", "inner"), [(300, (300, 300)), (600, (300, 400)), (1024, (512, 512))])
 def test_a_large_panorama_is_still_one_shard(tmp_path: Path, erp_height: int, inner: tuple[int, int]) -> None:
-    """Above 256 rows a shard holds several inner chunks (for cropped reads) that divide it, but stays one file."""
+    """Above 512 columns a shard holds several inner chunks (for cropped reads) that divide it, but stays one file."""
     H, W = erp_height, 2 * erp_height
     spec = _spec(erp_height=H, tasks=("depth",), class_names=())
     store = LabelStore.create(str(tmp_path / "store"), spec, _entries(2), {})
