@@ -789,7 +789,8 @@ class PanoramaFusion:
         differ &= compared
         n_compared, n_differ = torch.stack((compared.sum(), differ.sum())).tolist()
         labels.stats["semantic_disagreement"] = n_differ / n_compared if n_compared else math.nan
-        hist = torch.bincount(label.clamp(min=0), weights=has.double(), minlength=self.num_classes)
+        C = self.num_classes
+        hist = torch.bincount(torch.where(has, label.clamp(min=0), C), minlength=C + 1)[:C].double()  # unlabelled: C
         labels.stats["semantic_histogram"] = (hist / hist.sum().clamp_min(1)).tolist()
         self._coverage_stats(labels.stats, "semantic", has, conf)
         g.give(sem)
