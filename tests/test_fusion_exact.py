@@ -61,9 +61,13 @@ def room():
     }
 
 
-def fuse(cameras, config: FusionConfig, batches: list[list[int]] | None = None, **outputs) -> tuple:
-    """The fast fusion of `outputs` (keys as `reference_fusion`'s), patches added in `batches`."""
-    geometry = FusionGeometry.build(cameras, ERP_HEIGHT, config)
+def fuse(
+    cameras, config: FusionConfig, batches: list[list[int]] | None = None, geometry: FusionGeometry | None = None,
+    **outputs,
+) -> tuple:  # fmt: skip
+    """The fast fusion of `outputs` (keys as `reference_fusion`'s), patches added in `batches`,
+    with `geometry` (a new one when None)."""
+    geometry = geometry or FusionGeometry.build(cameras, ERP_HEIGHT, config)
     probs = outputs.get("probs")
     state = PanoramaFusion(
         geometry,
@@ -166,6 +170,29 @@ def test_batches_and_their_order_do_not_change_the_labels(room):
     second, _, _ = fuse(room["cameras"], config, batches=shuffled, **outputs)
     for name in ("depth", "depth_confidence", "normals", "normals_confidence", "semantic", "semantic_confidence"):
         torch.testing.assert_close(getattr(second, name), getattr(first, name), rtol=0, atol=1e-6, equal_nan=True)
+
+
+def test_a_geometry_serves_panorama_after_panorama(room):
+    """The arrays one panorama gives back to the geometry carry nothing into the next one: with
+    one geometry, panoramas A, B, A give A's labels twice, bit for bit, and B's as a new
+    geometry gives them."""
+    config = FusionConfig()
+    first = dict(depth=room["depth"], normals=room["normals"], probs=room["dense"])
+    second = dict(
+        depth=room["relative"], depth_kind="relative_disparity", depth_confidence=room["confidence"],
+        normals=room["normals"].flip(-1), probs=room["close"], probs_confidence=room["confidence"],
+    )  # fmt: skip
+    geometry = FusionGeometry.build(room["cameras"], ERP_HEIGHT, config)
+    a, _, _ = fuse(room["cameras"], config, geometry=geometry, **first)
+    assert geometry.spare  # the state and the slot-order copies came back
+    b, _, _ = fuse(room["cameras"], config, geometry=geometry, **second)
+    again, _, _ = fuse(room["cameras"], config, geometry=geometry, **first)
+    fresh, _, _ = fuse(room["cameras"], config, **second)
+    for name in ("depth", "depth_confidence", "semantic", "semantic_confidence", "normals", "normals_confidence"):
+        assert torch.equal(getattr(again, name).nan_to_num(-7.0), getattr(a, name).nan_to_num(-7.0)), name
+        assert torch.equal(getattr(b, name).nan_to_num(-7.0), getattr(fresh, name).nan_to_num(-7.0)), name
+    assert again.stats == a.stats
+    assert not torch.equal(a.depth.nan_to_num(-7.0), b.depth.nan_to_num(-7.0))
 
 
 def test_top_class_finds_the_top_and_bounds_the_rest():
