@@ -141,9 +141,10 @@ def _pers2equi_child(conn, config: LabelConfig, source: str) -> None:
 
 class Pers2EquiReference:
     """pyequilib's `pers2equi` in a process of its own, as a user runs it, so that the
-    labeller's memory does not share its heap: in the labeller's process its median at
-    512x1024 once swung from 0.7 s to 0.39 s between two cases of one run. Each call times
-    one run (interleaved with the panoramas, so both see the same load)."""
+    labeller's memory state does not change its times: in the labeller's process (with a
+    malloc setting that was being tried) its median at 512x1024 once swung from 0.7 s to
+    0.39 s between two cases of one run. Each call times one run (interleaved with the
+    panoramas, so both see the same load)."""
 
     def __init__(self, config: LabelConfig, source: str) -> None:
         context = multiprocessing.get_context("spawn")
