@@ -340,6 +340,32 @@ def _all_four(flags: Tensor) -> Tensor:
     return (both & torch.cat((both[1:], both[-1:]), 0)).flatten()
 
 
+@dataclass
+class _SemanticPatch:
+    """One patch's semantic summary between the passes of `PanoramaFusion.add_semantic`.
+
+    Fields:
+        n: the patch; sl: its entries (mapping order); grid: (M_n,2) their grid_sample points.
+        top: (S',) int32 each map pixel's top class (`_top_class`).
+        weight: (M_n,) float32 the entries' weights (border weight x teacher confidence, 0 where
+            an entry reads a non-finite value).
+        ok: (M_n,) bool entries that read only finite values, or None when all do.
+        keep: whether the map is kept for `finish`.
+        rest: (R,) int64 entries (of the patch) not settled yet.
+        exactly: the map is too large to keep: every entry gets its exact top-k list at once.
+    """
+
+    n: int
+    sl: slice
+    grid: Tensor
+    top: Tensor
+    weight: Tensor
+    ok: Tensor | None
+    keep: bool
+    rest: Tensor
+    exactly: bool
+
+
 class PanoramaFusion:
     """Accumulates one panorama's teacher outputs and fuses them (see the module doc)."""
 
@@ -473,13 +499,19 @@ class PanoramaFusion:
         """
         assert self.has_semantic, "this fusion has no semantic task"
         with self._timed("semantic"):
-            for k, n in enumerate(patches):
-                conf = confidence[k] if confidence is not None else None
-                self._add_semantic_patch(n, probs[k].float().contiguous(), conf)
-                self.seen[n, 1] = True
+            maps = probs.float().contiguous()  # (b,C,h',w')
+            parts = [
+                self._summarise(n, maps[k], confidence[k] if confidence is not None else None)
+                for k, n in enumerate(patches)
+            ]
+            self._two_classes(maps, parts)  # for the entries of all the patches at once
+            for k, part in enumerate(parts):
+                self._settle(part, maps[k])
+                self.seen[part.n, 1] = True
 
-    def _add_semantic_patch(self, n: int, probs: Tensor, confidence: Tensor | None) -> None:
-        """Summarise one patch's (C,h',w') probabilities at its entries (see `add_semantic`)."""
+    def _summarise(self, n: int, probs: Tensor, confidence: Tensor | None) -> _SemanticPatch:
+        """Summarise one patch's (C,h',w') probabilities at its entries (see `add_semantic`);
+        what is left for `_two_classes` and `_settle` is returned."""
         g = self.geometry
         C, h, w = probs.shape
         sl = g.entries_of(n)
@@ -506,65 +538,78 @@ class PanoramaFusion:
             resolved &= ok
         out = self.sem[:, sl]  # (3,M_n) the patch's entries, written in place
         out[_CLASS], out[_PROB], out[_BOUND] = first, p_top, u
-        # The map is needed later if an entry may add something unknown to a class.
+        # The map is needed later if an entry may add something unknown to a class; a map too
+        # large to keep is fused exactly at once instead.
         keep = self.top_k > 1 and bool((u > _NEGLIGIBLE).any())
-        rest = torch.nonzero(~resolved if ok is None else ok & ~resolved).squeeze(1)
-        seconds = None
-        if rest.numel():
-            settled, seconds = self._two_classes(out, rest, grid[rest], probs, top)
-            rest = rest[~settled]
         if keep and probs.numel() * probs.element_size() > _KEEP_MAP_BYTES:
             rest = torch.arange(sl.stop - sl.start, device=g.device) if ok is None else torch.nonzero(ok).squeeze(1)
-            keep, seconds = False, None
-        if seconds is not None and self.top_k > 1:
-            at, classes, second = seconds
-            self._seconds.append((sl.start + at, classes, second * weight[at]))
-        if rest.numel():
-            self._list_exactly(out, rest, sl.start, probs, grid[rest], weight[rest])
-        if keep:
-            self._maps[n] = probs
+            return _SemanticPatch(n, sl, grid, top, weight, ok, keep=False, rest=rest, exactly=True)
+        rest = torch.nonzero(~resolved if ok is None else ok & ~resolved).squeeze(1)
+        return _SemanticPatch(n, sl, grid, top, weight, ok, keep=keep, rest=rest, exactly=False)
+
+    def _settle(self, part: _SemanticPatch, probs: Tensor) -> None:
+        """The rest of one patch's summary, once `_two_classes` has had its entries: exact
+        top-k lists for the entries still unsettled, and the weights (probs: its (C,h',w') map)."""
+        out = self.sem[:, part.sl]  # (3,M_n)
+        if part.rest.numel():
+            self._list_exactly(out, part.rest, part.sl.start, probs, part.grid[part.rest], part.weight[part.rest])
+        if part.keep:
+            self._maps[part.n] = probs
         if self.top_k == 1:  # only the argmax is summed: nothing else adds anything
             out[_BOUND] = 0.0
-        if ok is not None:
-            out[_CLASS].masked_fill_(~ok, -1.0)
-            out[_PROB:].masked_fill_(~ok, 0.0)
-        out[_PROB:] *= weight  # the contributions to the pixels' sums
+        if part.ok is not None:
+            out[_CLASS].masked_fill_(~part.ok, -1.0)
+            out[_PROB:].masked_fill_(~part.ok, 0.0)
+        out[_PROB:] *= part.weight  # the contributions to the pixels' sums
 
-    def _two_classes(
-        self, out: Tensor, rest: Tensor, grid: Tensor, probs: Tensor, top: Tensor
-    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """Entries `rest` (R,) whose four map pixels have two top classes: both classes'
-        probabilities are read from the map. Where the larger one exceeds the bound (no other
-        class reaches it) it is the argmax, and the smaller one is known too when it also
-        exceeds the bound. Writes the argmax into `out` (3,M_n) and returns (R,) bool: which
-        entries were settled, and their known second classes (entries of the patch, classes,
-        probabilities).
+    def _two_classes(self, maps: Tensor, parts: list[_SemanticPatch]) -> None:
+        """The entries left (`rest`) of patches whose four map pixels have two top classes:
+        both classes' probabilities are read from the map. Where the larger one exceeds the
+        bound (no other class reaches it) it is the argmax, and the smaller one is known too
+        when it also exceeds the bound (kept with the seconds). Writes the argmax into `sem`
+        and leaves in each part's `rest` only the entries it could not settle. One pass for
+        the entries of all the patches of a teacher batch: they are few, and per patch the
+        work would be mostly the cost of calling its operations.
 
         Args:
-            grid: (R,2) the entries' grid_sample points; probs: (C,h',w') the map; top: (S',)
-                int32 each map pixel's top class.
+            maps: (b,C,h',w') the patches' maps, contiguous; parts: their summaries, in order.
         """
-        h, w = probs.shape[1:]
+        todo = [(k, part) for k, part in enumerate(parts) if not part.exactly and part.rest.numel()]
+        if not todo:
+            return
+        _, C, h, w = maps.shape
+        S = h * w
+        sizes = [len(part.rest) for _, part in todo]
+        patch = torch.cat([torch.full((len(part.rest),), k, device=maps.device) for k, part in todo])  # (R,) map
+        entries = torch.cat([part.sl.start + part.rest for _, part in todo])  # (R,) entries of the panorama
+        grid = torch.cat([part.grid[part.rest] for _, part in todo])  # (R,2)
+        tops = torch.stack([part.top for part in parts])  # (b,S')
         flat, bilinear = BilinearCorners.of_grid(grid, h, w).read()  # (4,R) each
-        cls = top.index_select(0, flat.view(-1)).view(flat.shape)  # (4R,) -> (4,R) the corners' top classes
+        at = flat + (patch * S).int()  # (4,R) the corners in the b maps of (S',) pixels
+        cls = tops.view(-1).index_select(0, at.view(-1)).view(at.shape)  # (4R,) -> (4,R) the corners' top classes
         a = cls[0]
         differs = cls != a
         # The first other class, and whether a third one is there.
         other = torch.where(differs[1], cls[1], torch.where(differs[2], cls[2], cls[3]))
         two = ~(differs & (cls != other)).any(0)
 
-        def value_of(c: Tensor) -> Tensor:  # (R,) class c interpolated from the map
-            return (probs.view(-1)[c * (h * w) + flat] * bilinear).sum(0)
+        def value_of(c: Tensor) -> Tensor:  # (R,) class c interpolated from the maps
+            return (maps.view(-1)[(patch * C + c) * S + flat] * bilinear).sum(0)
 
         p_a, p_b = value_of(a), value_of(other)
-        u = out[_BOUND, rest]
+        u = self.sem[_BOUND, entries]
         a_first = p_a > p_b
         p_first, p_second = torch.maximum(p_a, p_b), torch.minimum(p_a, p_b)
         settled = two & (p_a != p_b) & (p_first > u)
-        out[_CLASS, rest] = torch.where(a_first, a, other).float()
-        out[_PROB, rest] = p_first
+        self.sem[_CLASS, entries] = torch.where(a_first, a, other).float()
+        self.sem[_PROB, entries] = p_first
         second = torch.nonzero(settled & (p_second > u)).squeeze(1)
-        return settled, (rest[second], torch.where(a_first, other, a)[second].long(), p_second[second])
+        if self.top_k > 1 and second.numel():
+            weight = torch.cat([part.weight[part.rest] for _, part in todo])  # (R,)
+            seconds = torch.where(a_first, other, a)[second].long()
+            self._seconds.append((entries[second], seconds, p_second[second] * weight[second]))
+        for (_, part), done in zip(todo, settled.split(sizes), strict=True):
+            part.rest = part.rest[~done]
 
     def _list_exactly(
         self, out: Tensor, rest: Tensor, offset: int, probs: Tensor, grid: Tensor, weight: Tensor
