@@ -150,13 +150,7 @@ def labels(
         fail(str(err))
     finally:
         bars.stop()
-    rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
-    console.print(
-        f"{summary.total} panoramas in {out}: {summary.total - len(summary.failed)} ok, {len(summary.failed)} failed "
-        f"({summary.labelled} labelled now in {summary.seconds:.1f} s, {rate:.2f} pano/s; "
-        f"{summary.done_before} were done before)",
-        soft_wrap=True,
-    )
+    bars.print_summary(out, summary.total, len(summary.failed), summary.labelled, summary.seconds, summary.done_before)
     bars.print_failed(summary.failed)
     raise typer.Exit(summary.exit_code)
 

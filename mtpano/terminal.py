@@ -75,6 +75,19 @@ class PanoramaProgress:
     def stop(self) -> None:
         self.bars.stop()
 
+    def print_summary(
+        self, out: str, total: int, failed: int, now: int, seconds: float, done_before: int, detail: str = ""
+    ) -> None:
+        """The run's closing line: `TOTAL panoramas in OUT[ (DETAIL)]: N ok, F failed (NOW <done>
+        now in S s, R pano/s; D were done before)`."""
+        rate = now / seconds if seconds > 0 else 0.0
+        console.print(
+            f"{total} panoramas in {out}{f' ({detail})' if detail else ''}: {total - failed} ok, {failed} failed "
+            f"({now} {self.done} now in {seconds:.1f} s, {rate:.2f} pano/s; {done_before} were done before)",
+            soft_wrap=True,
+            highlight=False,
+        )
+
     @staticmethod
     def print_failed(failed: list[tuple[str, str]]) -> None:
         """List the failed panoramas (pano_id, error) of a run's store, one a line."""

@@ -44,13 +44,9 @@ def import_store(
         fail(str(err))  # before the bar starts: the error is the only line
     finally:
         bars.stop()
-    W, H = 2 * summary.height, summary.height
-    console.print(
-        f"{summary.total} panoramas in {out} ({dataset_format}{f' {split}' if split else ''}, {W}x{H}): "
-        f"{summary.total - len(summary.failed)} ok, {len(summary.failed)} failed "
-        f"({summary.imported} imported now in {summary.seconds:.1f} s; {summary.done_before} were done before)",
-        soft_wrap=True,
-        highlight=False,
+    detail = f"{dataset_format}{f' {split}' if split else ''}, {2 * summary.height}x{summary.height}"
+    bars.print_summary(
+        out, summary.total, len(summary.failed), summary.imported, summary.seconds, summary.done_before, detail
     )
     if summary.normals_depth_walls_deg is not None:
         console.print(

@@ -69,16 +69,12 @@ def predict(
             on_result=bars.on_result,
         )
     except UsageError as err:
-        bars.stop()
         fail(str(err))
-    bars.stop()
-    extras = ", ".join(f"{what} in {where}" for what, where in (("images", png), ("point clouds", ply)) if where)
-    console.print(
-        f"{summary.total} panoramas in {out}: {summary.total - len(summary.failed)} ok, {len(summary.failed)} failed "
-        f"({summary.labelled} predicted now in {summary.seconds:.1f} s; {summary.done_before} were done before)"
-        + (f"; {extras}" if extras else ""),
-        soft_wrap=True,
-        highlight=False,
-    )
+    finally:
+        bars.stop()
+    bars.print_summary(out, summary.total, len(summary.failed), summary.labelled, summary.seconds, summary.done_before)
+    for what, where in (("images", png), ("point clouds", ply)):
+        if where:
+            console.print(f"{what} in {where}", soft_wrap=True, highlight=False)
     bars.print_failed(summary.failed)
     raise typer.Exit(summary.exit_code)
