@@ -147,20 +147,12 @@ class ExperimentConfig:
 
 def read_experiment_config(path: Path | str) -> ExperimentConfig:
     """An ExperimentConfig from a YAML (.yaml, .yml) or JSON file."""
-    from trainer.config import ConfigError, read_config_file
+    from trainer.config import ConfigError, build_config, read_config_file
 
     try:
-        data = read_config_file(path)
+        return build_config(ExperimentConfig, read_config_file(path), str(path))
     except ConfigError as err:
         raise ExperimentError(str(err)) from None
-    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ExperimentError(f"{path}: unknown field(s) {unknown}; fields are {sorted(names)}")
-    try:
-        return ExperimentConfig(**data)
-    except TypeError as err:
-        raise ExperimentError(f"{path}: {err}") from None
 
 
 # ---------------------------------------------------------------------- rows

@@ -111,9 +111,9 @@ class TrainConfig:
         if self.tasks is not None:
             object.__setattr__(self, "tasks", tuple(self.tasks))
         if isinstance(self.augment, dict):
-            object.__setattr__(self, "augment", _build(AugmentConfig, self.augment, "augment"))
+            object.__setattr__(self, "augment", build_config(AugmentConfig, self.augment, "augment"))
         if isinstance(self.loss, dict):
-            object.__setattr__(self, "loss", _build(LossConfig, self.loss, "loss"))
+            object.__setattr__(self, "loss", build_config(LossConfig, self.loss, "loss"))
         self._validate()
 
     def _validate(self) -> None:
@@ -149,7 +149,7 @@ class TrainConfig:
         """The training preset of model preset `name`, with fields overridden by keyword."""
         if name not in TRAIN_PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
-        return _build(cls, {**TRAIN_PRESETS[name], "preset": name, **overrides}, "train config")
+        return build_config(cls, {**TRAIN_PRESETS[name], "preset": name, **overrides}, "train config")
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """A copy with fields overridden (nested `augment` / `loss` dicts update field by field)."""
@@ -157,7 +157,7 @@ class TrainConfig:
         for key in ("augment", "loss", "model"):
             if isinstance(overrides.get(key), dict):
                 overrides[key] = {**data[key], **overrides[key]}
-        return _build(TrainConfig, {**data, **overrides}, "train config")
+        return build_config(TrainConfig, {**data, **overrides}, "train config")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists, nested configs dicts)."""
@@ -165,11 +165,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _build(cls, data, "train config")
+        return build_config(cls, data, "train config")
 
 
-def _build(cls: type, data: dict[str, Any], what: str) -> Any:
-    """`cls(**data)` with unknown fields named in a ConfigError."""
+def build_config(cls: type, data: dict[str, Any], what: str) -> Any:
+    """`cls(**data)` for a config dataclass, with unknown fields and the dataclass's own
+    refusals (TypeError, ValueError) reported as one ConfigError naming `what`."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
