@@ -83,7 +83,7 @@ def _solve_constrained(A: Tensor, rhs: Tensor, c: Tensor, target: float) -> Tens
 def _robust_weights(residuals: Tensor) -> Tensor:
     """Cauchy weights for (K,) residuals, scale from their median absolute value."""
     scale = 1.4826 * residuals.abs().median() + 1e-12
-    return 1.0 / (1.0 + (residuals / (_CAUCHY_C * scale)) ** 2)
+    return torch.div(residuals, _CAUCHY_C * scale).square_().add_(1.0).reciprocal_()
 
 
 def _rms(residuals: Tensor, weights: Tensor) -> float:
@@ -99,38 +99,35 @@ def _usable_pairs(pairs: Tensor, valid: Tensor, weights: Tensor) -> tuple[Tensor
 
 
 def align_log_scales(
-    log_range: Tensor, valid: Tensor, patch: Tensor, pairs: Tensor, weights: Tensor, num_patches: int, iterations: int
+    diff: Tensor, weights: Tensor, a: Tensor, b: Tensor, num_patches: int, iterations: int
 ) -> Alignment:
     """Per-patch scales of metric depth.
 
     Args:
-        log_range: (M,) log range of every entry; valid: (M,) bool; patch: (M,) int64 patch of
-            each entry; pairs: (K,2) int64 entries that see the same pixel; weights: (M,)
-            fusion weights; iterations: robust re-weighting rounds.
+        diff: (K,) float64 l_i - l_j of every usable pair (both entries valid), l = log range;
+        weights: (K,) float64 the pairs' weights w_i * w_j; a, b: (K,) int64 the patches of
+        entries i and j; iterations: robust re-weighting rounds.
     """
-    kept, w = _usable_pairs(pairs, valid, weights)
     P = num_patches
-    if kept.shape[0] == 0:
-        ones = torch.ones(P, dtype=torch.float64, device=log_range.device)
+    if diff.shape[0] == 0:
+        ones = torch.ones(P, dtype=torch.float64, device=diff.device)
         return Alignment(ones, torch.zeros_like(ones), math.nan, math.nan, 0)
-    a, b = patch[kept[:, 0]], patch[kept[:, 1]]
-    diff = (log_range[kept[:, 0]] - log_range[kept[:, 1]]).double()  # (K,)
     # Every row of the system is e_a - e_b: A = diag(row + column sums of W) - W - W^T, with W
-    # the summed weights per ordered patch pair, one bincount per round.
+    # the summed weights per ordered patch pair; the right-hand side is the column minus the
+    # row sums of the same sums of the weighted differences. One bincount each per round.
     cell = a * P + b  # (K,) the pair's cell of the (P,P) W
-    residual_before = _rms(diff, w)
-    robust = torch.ones_like(w)
+    residual_before = _rms(diff, weights)
+    robust = torch.ones_like(weights)
     ones = torch.ones(P, dtype=torch.float64, device=diff.device)
     for _ in range(iterations + 1):
-        ww = w * robust
+        ww = weights * robust
         W = torch.bincount(cell, weights=ww, minlength=P * P).view(P, P)  # (P*P,) -> (P,P)
         A = torch.diag(W.sum(0) + W.sum(1)) - W - W.T
-        pull = ww * diff
-        rhs = torch.bincount(b, weights=pull, minlength=P) - torch.bincount(a, weights=pull, minlength=P)
-        x = _solve_constrained(A, rhs, ones, 0.0)
-        res = diff + x[a] - x[b]
+        pulls = torch.bincount(cell, weights=ww.mul_(diff), minlength=P * P).view(P, P)  # (P*P,) -> (P,P)
+        x = _solve_constrained(A, pulls.sum(0) - pulls.sum(1), ones, 0.0)
+        res = (x[:, None] - x[None, :]).view(-1).index_select(0, cell).add_(diff)  # (P,P) -> (P*P,): x_a - x_b
         robust = _robust_weights(res)
-    return Alignment(torch.exp(x), torch.zeros_like(x), _rms(res, w * robust), residual_before, len(a))
+    return Alignment(torch.exp(x), torch.zeros_like(x), _rms(res, weights * robust), residual_before, len(a))
 
 
 def align_affine_disparity(

@@ -26,6 +26,7 @@ Frames and units follow docs/conventions.md: depth goes from patch z-depth to ER
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -92,6 +93,33 @@ def border_weights(x: Tensor, y: Tensor, width: int, height: int, config: Fusion
 
 
 @dataclass(frozen=True)
+class AlignPairs:
+    """The overlap pairs that the metric depth alignment solves with, read once per worker:
+    row 0 holds each pair's first entry, row 1 its second (`FusionGeometry.align_pairs`).
+
+    Fields:
+        entry: (2,K') int64 mapping-order index of the entries.
+        ray_norm: (2,K') float32 their ||c||.
+        patch: (2,K') int64 their patches.
+        weight: (K',) float64 the pairs' weights, the product of the entries' border weights.
+    """
+
+    entry: Tensor
+    ray_norm: Tensor
+    patch: Tensor
+    weight: Tensor
+
+    @classmethod
+    def of_slots(
+        cls, pairs: Tensor, layout: SlotLayout, ray_norm: Tensor, patch: Tensor, weights: Tensor
+    ) -> AlignPairs:
+        """Pairs (K',2) of slots, with the slot-order (M,) ray norms, patches and border weights."""
+        at = pairs.T.contiguous()  # (2,K')
+        w = weights[at]
+        return cls(layout.entry[at].long(), ray_norm[at], patch[at].long(), (w[0] * w[1]).double())
+
+
+@dataclass(frozen=True)
 class FusionGeometry:
     """Layout-dependent fusion state, shared by every panorama (see the module doc).
 
@@ -107,6 +135,7 @@ class FusionGeometry:
             mapping order.
         entry_weights: (M,) float32 fusion weights of the entries (the border weights, or
             one-hot per pixel for the "nearest" blend), mapping order.
+        entry_patch: (M,) int32 patch of each entry, mapping order.
         weights: (M,) float32 the fusion weights, slot order.
         align_weights: (M,) float32 the border weights, slot order: the depth alignment's.
         weight_sum: (H*W,) float32 the fusion weights' sum per pixel, compact order.
@@ -115,6 +144,7 @@ class FusionGeometry:
         entry: (M,) int32 the mapping-order index of the entry in each slot.
         align_pairs: (K',2) int64 slots of an even subsample of the pairs of entries that see
             the same pixel from two patches, at most `align_max_pairs` (`SlotLayout.pairs`).
+        align: what the metric alignment reads of those pairs (`AlignPairs`).
         count: (H*W,) int64 patches that see each pixel, compact order.
         polar: (H*W,) bool pixels with |latitude| > 60 degrees, compact order.
         corners: per teacher map resolution (h, w), the (M,) int32 flat index y0 * w + x0 of
@@ -129,6 +159,7 @@ class FusionGeometry:
     layout: SlotLayout
     grid: Tensor
     entry_weights: Tensor
+    entry_patch: Tensor
     weights: Tensor
     align_weights: Tensor
     weight_sum: Tensor
@@ -136,6 +167,7 @@ class FusionGeometry:
     patch: Tensor
     entry: Tensor
     align_pairs: Tensor
+    align: AlignPairs
     count: Tensor
     polar: Tensor
     corners: dict[tuple[int, int], Tensor] = field(default_factory=dict, compare=False, repr=False)
@@ -165,6 +197,8 @@ class FusionGeometry:
             off_axis = layout.to_slots(cx * cx + cy * cy).float()
             nearest = off_axis == layout.broadcast(layout.reduce(off_axis.clone(), op="amin"))
             weights = nearest.float()[layout.position]  # slot order -> mapping order
+        pairs = layout.pairs(config.align_max_pairs)
+        slot_ray_norm, slot_patch, slot_border = (layout.to_slots(a) for a in (ray_norm, patch, border))
         _, lat = erp_lonlat(erp_height, device=cameras.device)
         polar = (lat.abs() > math.radians(60.0))[:, None].expand(-1, 2 * erp_height).flatten()
         return cls(
@@ -173,13 +207,15 @@ class FusionGeometry:
             layout=layout,
             grid=grid.float(),
             entry_weights=weights,
+            entry_patch=patch.int(),
             weights=layout.to_slots(weights),
-            align_weights=layout.to_slots(border),
+            align_weights=slot_border,
             weight_sum=layout.reduce(layout.to_slots(weights)),
-            ray_norm=layout.to_slots(ray_norm),
-            patch=layout.to_slots(patch).int(),
+            ray_norm=slot_ray_norm,
+            patch=slot_patch.int(),
             entry=layout.entry,
-            align_pairs=layout.pairs(config.align_max_pairs),
+            align_pairs=pairs,
+            align=AlignPairs.of_slots(pairs, layout, slot_ray_norm, slot_patch, slot_border),
             count=layout.count[layout.order],
             polar=polar[layout.order],
         )
@@ -268,44 +304,51 @@ _KEEP_MAP_BYTES = 64 << 20
 
 
 def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A top class of every map pixel of (C,S') class probabilities, its value, and a bound on
-    every other class's value.
+    """A top class of every map pixel of b maps of (C,S') class probabilities, its value, and
+    a bound on every other class's value.
 
-    Two max-reductions over the classes do it: class codes 1..C are written into the low bits
-    of the values (as int32), whose largest then carries its class; the same after knocking
-    that one out gives the runner-up up to those bits, rounded up into a bound. When the
-    runner-up is within those bits of the largest, the class found may not be the largest,
-    but then the bound is at least its value, which the callers read as "not certain". A
-    non-finite value becomes a NaN key (its exponent is all ones and its code is not 0), and
-    the maximum over a pixel with one is NaN.
+    Two max-reductions over the classes of each map do it: class codes 1..C are written into
+    the low bits of the values (as int32), whose largest then carries its class; the same
+    after knocking that one out gives the runner-up up to those bits, rounded up into a bound.
+    When the runner-up is within those bits of the largest, the class found may not be the
+    largest, but then the bound is at least its value, which the callers read as "not
+    certain". A non-finite value becomes a NaN key (its exponent is all ones and its code is
+    not 0), and the maximum over a pixel with one is NaN. What follows the two passes runs
+    once for the b maps.
 
     Args:
-        volume: (C,S') float32, contiguous.
-        scratch: optional (C,S') int32 buffer for the keys.
+        volume: (b,C,S') float32, contiguous.
+        scratch: optional (C,S') int32 buffer for the keys of a map.
     Returns:
-        value: (S',) the value of `top`, exact.
-        top: (S',) int32 the class, in [0, C).
-        bound: (S',) float32 upper bound of the value of every class but `top`.
-        finite: (S',) bool whether every class's value is finite (elsewhere the rest is void).
+        value: (b,S') the value of `top`, exact.
+        top: (b,S') int32 the class, in [0, C).
+        bound: (b,S') float32 upper bound of the value of every class but `top`.
+        finite: (b,S') bool whether every class's value is finite (elsewhere the rest is void).
     """
-    C, S = volume.shape
+    b, C, S = volume.shape
     bits = C.bit_length()
     if bits > 16:
-        value, top = volume.max(0)
-        bound = volume.scatter(0, top[None], -math.inf).amax(0)  # (C,S') copy
-        return value, top.int(), bound, torch.isfinite(volume).all(0)
+        value, top = volume.max(1)
+        bound = volume.scatter(1, top[:, None], -math.inf).amax(1)  # (b,C,S') copy
+        return value, top.int(), bound, torch.isfinite(volume).all(1)
     mask = (1 << bits) - 1
-    codes = torch.arange(1, C + 1, dtype=torch.int32, device=volume.device)[:, None]  # (C,1)
-    key = torch.bitwise_and(volume.view(torch.int32), ~mask, out=scratch).bitwise_or_(codes)  # (C,S')
-    top_key = key.view(torch.float32).amax(0)
+    device = volume.device
+    codes = torch.arange(1, C + 1, dtype=torch.int32, device=device)[:, None]  # (C,1)
+    pixel = torch.arange(S, dtype=torch.int32, device=device)
+    top_key, runner = torch.empty(2, b, S, device=device)
+    for k in range(b):
+        key = torch.bitwise_and(volume[k].view(torch.int32), ~mask, out=scratch).bitwise_or_(codes)  # (C,S')
+        torch.amax(key.view(torch.float32), 0, out=top_key[k])
+        if C > 1:  # knocked out, the top leaves the runner-up the largest
+            at = (top_key[k].view(torch.int32) & mask).sub_(1).clamp_(0, C - 1).mul_(S).add_(pixel)
+            key.view(-1).index_fill_(0, at.long(), _NEG_INF_BITS)
+            torch.amax(key.view(torch.float32), 0, out=runner[k])
     finite = ~torch.isnan(top_key)
-    top = ((top_key.view(torch.int32) & mask) - 1).clamp_(0, C - 1)
-    at = (top * S + torch.arange(S, dtype=torch.int32, device=volume.device)).long()
-    value = volume.view(-1).index_select(0, at)
+    top = (top_key.view(torch.int32) & mask).sub_(1).clamp_(0, C - 1)  # (b,S')
+    first = torch.arange(b, device=device)[:, None] * (C * S)  # (b,1) each map's first value
+    value = volume.view(-1).index_select(0, (top.long() * S + pixel + first).view(-1)).view(b, S)  # (b*S',) -> (b,S')
     if C == 1:
         return value, top, torch.zeros_like(value), finite
-    key.view(-1).index_fill_(0, at, _NEG_INF_BITS)
-    runner = key.view(torch.float32).amax(0)
     runner_bits = runner.view(torch.int32)
     # Up to the class bits: upwards is setting them for positive values, clearing them for negative ones.
     bound = torch.where(runner >= 0, runner_bits | mask, runner_bits & ~mask).view(torch.float32)
@@ -322,48 +365,54 @@ _NEGLIGIBLE = 1e-30
 
 
 def _uniform(top: Tensor) -> Tensor:
-    """(h,w) per-pixel classes -> (h*w,) int32: for each pixel the class of its 2 x 2 block
-    (itself, right, below, below right, clamped at the last row and column) when all four
+    """(...,h,w) per-pixel classes -> (...,h*w) int32: for each pixel the class of its 2 x 2
+    block (itself, right, below, below right, clamped at the last row and column) when all four
     share it, else -1. An entry whose bilinear read starts at that pixel reads only that class's
     top pixels."""
-    right = torch.cat((top[:, 1:], top[:, -1:]), 1)  # (h,w), x + 1 clamped
-    below = torch.cat((top[1:], top[-1:]), 0)
-    diagonal = torch.cat((right[1:], right[-1:]), 0)
+    right = torch.cat((top[..., 1:], top[..., -1:]), -1)  # (...,h,w), x + 1 clamped
+    below = torch.cat((top[..., 1:, :], top[..., -1:, :]), -2)
+    diagonal = torch.cat((right[..., 1:, :], right[..., -1:, :]), -2)
     same = (top == right) & (top == below) & (top == diagonal)
-    return torch.where(same, top, -1).flatten()
+    return torch.where(same, top, -1).flatten(-2)
 
 
 def _all_four(flags: Tensor) -> Tensor:
-    """(h,w) bool per pixel -> (h*w,) bool: all four pixels of its 2 x 2 block (as `_uniform`)."""
-    right = torch.cat((flags[:, 1:], flags[:, -1:]), 1)
+    """(...,h,w) bool per pixel -> (...,h*w) bool: all four pixels of its 2 x 2 block (as `_uniform`)."""
+    right = torch.cat((flags[..., 1:], flags[..., -1:]), -1)
     both = flags & right
-    return (both & torch.cat((both[1:], both[-1:]), 0)).flatten()
+    return (both & torch.cat((both[..., 1:, :], both[..., -1:, :]), -2)).flatten(-2)
 
 
 @dataclass
-class _SemanticPatch:
-    """One patch's semantic summary between the passes of `PanoramaFusion.add_semantic`.
+class _SemanticRun:
+    """The semantic summary of b consecutive patches of a teacher batch between the passes of
+    `PanoramaFusion.add_semantic`; their entries are consecutive too (mapping order).
 
     Fields:
-        n: the patch; sl: its entries (mapping order); grid: (M_n,2) their grid_sample points.
-        top: (S',) int32 each map pixel's top class (`_top_class`).
-        weight: (M_n,) float32 the entries' weights (border weight x teacher confidence, 0 where
+        first: the first patch; sl: the entries of the b patches; sizes: entries per patch.
+        grid: (M_r,2) the entries' grid_sample points.
+        offset: (M_r,) int32 k * S' for an entry of the run's k-th map (of S' pixels).
+        top: (b,S') int32 each map pixel's top class (`_top_class`).
+        weight: (M_r,) float32 the entries' weights (border weight x teacher confidence, 0 where
             an entry reads a non-finite value).
-        ok: (M_n,) bool entries that read only finite values, or None when all do.
-        keep: whether the map is kept for `finish`.
-        rest: (R,) int64 entries (of the patch) not settled yet.
-        exactly: the map is too large to keep: every entry gets its exact top-k list at once.
+        ok: (M_r,) bool entries that read only finite values, or None when all do.
+        keep: per map, whether it is kept for `finish`.
+        rest: (R,) int64 entries (from sl.start, ascending) not settled yet.
+        listed: (L,) int64 entries (from sl.start) of maps too large to keep: each gets its
+            exact top-k list at once.
     """
 
-    n: int
+    first: int
     sl: slice
+    sizes: list[int]
     grid: Tensor
+    offset: Tensor
     top: Tensor
     weight: Tensor
     ok: Tensor | None
-    keep: bool
+    keep: list[bool]
     rest: Tensor
-    exactly: bool
+    listed: Tensor
 
 
 class PanoramaFusion:
@@ -500,101 +549,127 @@ class PanoramaFusion:
         assert self.has_semantic, "this fusion has no semantic task"
         with self._timed("semantic"):
             maps = probs.float().contiguous()  # (b,C,h',w')
-            parts = [
-                self._summarise(n, maps[k], confidence[k] if confidence is not None else None)
-                for k, n in enumerate(patches)
-            ]
-            self._two_classes(maps, parts)  # for the entries of all the patches at once
-            for k, part in enumerate(parts):
-                self._settle(part, maps[k])
-                self.seen[part.n, 1] = True
+            start = 0
+            for stop in range(1, len(patches) + 1):  # runs of consecutive patches, each at once
+                if stop < len(patches) and patches[stop] == patches[stop - 1] + 1:
+                    continue
+                part = maps[start:stop]
+                run = self._summarise(patches[start], part, None if confidence is None else confidence[start:stop])
+                self._two_classes(part, run)
+                self._settle(run, part)
+                start = stop
+            self.seen[patches, 1] = True
 
-    def _summarise(self, n: int, probs: Tensor, confidence: Tensor | None) -> _SemanticPatch:
-        """Summarise one patch's (C,h',w') probabilities at its entries (see `add_semantic`);
-        what is left for `_two_classes` and `_settle` is returned."""
+    def _summarise(self, first: int, probs: Tensor, confidence: Tensor | None) -> _SemanticRun:
+        """Summarise the (b,C,h',w') probabilities of patches first..first+b-1 at their entries
+        (see `add_semantic`); what is left for `_two_classes` and `_settle` is returned."""
         g = self.geometry
-        C, h, w = probs.shape
-        sl = g.entries_of(n)
+        b, C, h, w = probs.shape
+        S = h * w
+        starts = g.mapping.offsets
+        sl = slice(starts[first], starts[first + b])
+        sizes = [starts[first + k + 1] - starts[first + k] for k in range(b)]
         grid = g.grid[sl]
-        value, top, bound, finite = _top_class(probs.view(C, h * w), g.scratch((C, h * w), torch.int32))
-        cell = g.top_left(h, w)[sl]  # (M_n,) where each entry's bilinear read starts
-        first = _uniform(top.view(h, w)).index_select(0, cell)  # (M_n,) the shared top class, -1 = none
+        value, top, bound, finite = _top_class(probs.view(b, C, S), g.scratch((C, S), torch.int32))  # (b,S') each
+        offset = (g.entry_patch[sl] - first).mul_(S)  # (M_r,)
+        cell = g.top_left(h, w)[sl] + offset  # (M_r,) where each entry's bilinear read starts, in the b maps
+        shared = _uniform(top.view(b, h, w)).view(-1).index_select(0, cell)  # (M_r,) the shared top class, -1 = none
         weight = g.entry_weights[sl]
         if confidence is not None:
-            weight = weight * sample_points(confidence[None].float(), grid)[0].clamp(0.0, 1.0)
+            read = [sample_points(confidence[k][None].float(), g.grid[g.entries_of(first + k)])[0] for k in range(b)]
+            weight = weight * torch.cat(read).clamp_(0.0, 1.0)
         ok = None  # every entry reads finite values
         if not bool(finite.all()):  # an entry reads NaN when any of its four map pixels holds one
             self.nonfinite["semantic"] += int((~torch.isfinite(probs)).sum())
-            ok = _all_four(finite.view(h, w)).index_select(0, cell)
+            ok = _all_four(finite.view(b, h, w)).view(-1).index_select(0, cell)
             weight = torch.where(ok, weight, 0.0)
         if confidence is not None or ok is not None:
             if self.sem_weight is None:
                 self.sem_weight = g.entry_weights.clone()
             self.sem_weight[sl] = weight
-        # The top class's probability and the bound, interpolated as every class is.
-        p_top, u = sample_points(torch.stack((value, bound)).view(2, h, w), grid)  # (2,M_n)
-        resolved = (first >= 0) & (p_top > u)
+        out = self.sem[:, sl]  # (3,M_r) the run's entries, written in place
+        out[_CLASS] = shared
+        # The top class's probability and the bound, interpolated as every class is, straight
+        # into their rows.
+        pair = torch.stack((value, bound), 1).view(b, 2, h, w)  # (b,2,S') -> (b,2,h',w')
+        for k in range(b):
+            entries = g.entries_of(first + k)
+            for points, read in read_points(pair[k], g.grid[entries]):
+                at = entries.start - sl.start
+                out[_PROB:, at + points.start : at + points.stop] = read
+        p_top, u = out[_PROB], out[_BOUND]
+        unsettled = ~((shared >= 0) & (p_top > u))  # NaN compares false: never settled here
         if ok is not None:
-            resolved &= ok
-        out = self.sem[:, sl]  # (3,M_n) the patch's entries, written in place
-        out[_CLASS], out[_PROB], out[_BOUND] = first, p_top, u
-        # The map is needed later if an entry may add something unknown to a class; a map too
+            unsettled &= ok
+        # A map is needed later if an entry may add something unknown to a class; a map too
         # large to keep is fused exactly at once instead.
-        keep = self.top_k > 1 and bool((u > _NEGLIGIBLE).any())
-        if keep and probs.numel() * probs.element_size() > _KEEP_MAP_BYTES:
-            rest = torch.arange(sl.stop - sl.start, device=g.device) if ok is None else torch.nonzero(ok).squeeze(1)
-            return _SemanticPatch(n, sl, grid, top, weight, ok, keep=False, rest=rest, exactly=True)
-        rest = torch.nonzero(~resolved if ok is None else ok & ~resolved).squeeze(1)
-        return _SemanticPatch(n, sl, grid, top, weight, ok, keep=keep, rest=rest, exactly=False)
+        big = u > _NEGLIGIBLE
+        needed = torch.stack([part.any() for part in big.split(sizes)]).tolist() if self.top_k > 1 else [False] * b
+        exactly = probs[0].numel() * probs.element_size() > _KEEP_MAP_BYTES
+        listed = torch.zeros(0, dtype=torch.int64, device=g.device)
+        if exactly and any(needed):
+            whole = torch.zeros_like(unsettled)
+            for k, at in enumerate(itertools.accumulate([0, *sizes[:-1]])):
+                whole[at : at + sizes[k]] = needed[k]
+            if ok is not None:
+                whole &= ok
+            listed = torch.nonzero(whole).squeeze(1)
+            unsettled &= ~whole
+        rest = torch.nonzero(unsettled).squeeze(1)
+        keep = [n and not exactly for n in needed]
+        return _SemanticRun(first, sl, sizes, grid, offset, top, weight, ok, keep, rest, listed)
 
-    def _settle(self, part: _SemanticPatch, probs: Tensor) -> None:
-        """The rest of one patch's summary, once `_two_classes` has had its entries: exact
-        top-k lists for the entries still unsettled, and the weights (probs: its (C,h',w') map)."""
-        out = self.sem[:, part.sl]  # (3,M_n)
-        if part.rest.numel():
-            self._list_exactly(out, part.rest, part.sl.start, probs, part.grid[part.rest], part.weight[part.rest])
-        if part.keep:
-            self._maps[part.n] = probs
+    def _settle(self, run: _SemanticRun, probs: Tensor) -> None:
+        """The rest of a run's summary, once `_two_classes` has had its entries: exact top-k
+        lists for the entries still unsettled, and the weights (probs: the run's (b,C,h',w') maps)."""
+        out = self.sem[:, run.sl]  # (3,M_r)
+        todo = run.rest if not run.listed.numel() else torch.cat((run.rest, run.listed)).sort().values
+        if todo.numel():
+            ends = torch.tensor(list(itertools.accumulate(run.sizes)), device=todo.device)
+            cuts = [0, *torch.searchsorted(todo, ends).tolist()]  # the entries of map k: todo[cuts[k]:cuts[k+1]]
+            for k in range(len(run.sizes)):
+                mine = todo[cuts[k] : cuts[k + 1]]
+                if mine.numel():
+                    self._list_exactly(out, mine, run.sl.start, probs[k], run.grid[mine], run.weight[mine])
+        for k, keep in enumerate(run.keep):
+            if keep:
+                self._maps[run.first + k] = probs[k]
         if self.top_k == 1:  # only the argmax is summed: nothing else adds anything
             out[_BOUND] = 0.0
-        if part.ok is not None:
-            out[_CLASS].masked_fill_(~part.ok, -1.0)
-            out[_PROB:].masked_fill_(~part.ok, 0.0)
-        out[_PROB:] *= part.weight  # the contributions to the pixels' sums
+        if run.ok is not None:
+            out[_CLASS].masked_fill_(~run.ok, -1.0)
+            out[_PROB:].masked_fill_(~run.ok, 0.0)
+        out[_PROB:] *= run.weight  # the contributions to the pixels' sums
 
-    def _two_classes(self, maps: Tensor, parts: list[_SemanticPatch]) -> None:
-        """The entries left (`rest`) of patches whose four map pixels have two top classes:
-        both classes' probabilities are read from the map. Where the larger one exceeds the
-        bound (no other class reaches it) it is the argmax, and the smaller one is known too
-        when it also exceeds the bound (kept with the seconds). Writes the argmax into `sem`
-        and leaves in each part's `rest` only the entries it could not settle. One pass for
-        the entries of all the patches of a teacher batch: they are few, and per patch the
-        work would be mostly the cost of calling its operations.
+    def _two_classes(self, maps: Tensor, run: _SemanticRun) -> None:
+        """The entries left (`rest`) whose four map pixels have two top classes: both classes'
+        probabilities are read from the map. Where the larger one exceeds the bound (no other
+        class reaches it) it is the argmax, and the smaller one is known too when it also
+        exceeds the bound (kept with the seconds). Writes the argmax into `sem` and leaves in
+        the run's `rest` only the entries it could not settle.
 
         Args:
-            maps: (b,C,h',w') the patches' maps, contiguous; parts: their summaries, in order.
+            maps: (b,C,h',w') the run's maps, contiguous; run: their summary.
         """
-        todo = [(k, part) for k, part in enumerate(parts) if not part.exactly and part.rest.numel()]
-        if not todo:
+        rest = run.rest
+        if not rest.numel():
             return
         _, C, h, w = maps.shape
         S = h * w
-        sizes = [len(part.rest) for _, part in todo]
-        patch = torch.cat([torch.full((len(part.rest),), k, device=maps.device) for k, part in todo])  # (R,) map
-        entries = torch.cat([part.sl.start + part.rest for _, part in todo])  # (R,) entries of the panorama
-        grid = torch.cat([part.grid[part.rest] for _, part in todo])  # (R,2)
-        tops = torch.stack([part.top for part in parts])  # (b,S')
-        flat, bilinear = BilinearCorners.of_grid(grid, h, w).read()  # (4,R) each
-        at = flat + (patch * S).int()  # (4,R) the corners in the b maps of (S',) pixels
-        cls = tops.view(-1).index_select(0, at.view(-1)).view(at.shape)  # (4R,) -> (4,R) the corners' top classes
+        offset = run.offset[rest]  # (R,) k * S' of each entry's map
+        entries = run.sl.start + rest  # (R,) entries of the panorama
+        flat, bilinear = BilinearCorners.of_grid(run.grid[rest], h, w).read()  # (4,R) each
+        corners = (flat + offset).view(-1)  # (4R,) the corners in the b maps
+        cls = run.top.view(-1).index_select(0, corners).view(flat.shape)  # (4R,) -> (4,R) their top classes
         a = cls[0]
         differs = cls != a
         # The first other class, and whether a third one is there.
         other = torch.where(differs[1], cls[1], torch.where(differs[2], cls[2], cls[3]))
         two = ~(differs & (cls != other)).any(0)
+        base = offset.long() * C + flat  # (4,R) the corners in class 0 of their map
 
         def value_of(c: Tensor) -> Tensor:  # (R,) class c interpolated from the maps
-            return (maps.view(-1)[(patch * C + c) * S + flat] * bilinear).sum(0)
+            return (maps.view(-1)[base + c * S] * bilinear).sum(0)
 
         p_a, p_b = value_of(a), value_of(other)
         u = self.sem[_BOUND, entries]
@@ -605,11 +680,9 @@ class PanoramaFusion:
         self.sem[_PROB, entries] = p_first
         second = torch.nonzero(settled & (p_second > u)).squeeze(1)
         if self.top_k > 1 and second.numel():
-            weight = torch.cat([part.weight[part.rest] for _, part in todo])  # (R,)
             seconds = torch.where(a_first, other, a)[second].long()
-            self._seconds.append((entries[second], seconds, p_second[second] * weight[second]))
-        for (_, part), done in zip(todo, settled.split(sizes), strict=True):
-            part.rest = part.rest[~done]
+            self._seconds.append((entries[second], seconds, p_second[second] * run.weight[rest[second]]))
+        run.rest = rest[~settled]
 
     def _list_exactly(
         self, out: Tensor, rest: Tensor, offset: int, probs: Tensor, grid: Tensor, weight: Tensor
@@ -645,16 +718,18 @@ class PanoramaFusion:
         g, cfg = self.geometry, self.config
         if self.depth_kind == METRIC_ZDEPTH:
             if cfg.align_metric_depth:
-                # Only the entries of the pairs take part: read them, then solve on (2K',) arrays.
-                at = g.align_pairs.T.flatten()  # (2K',): first entries, then second entries, as slots
-                v = self.depth_value[g.entry[at]]
+                # Only the entries of the pairs take part: read them, then solve on (K',) arrays.
+                pairs = g.align
+                v = self.depth_value.index_select(0, pairs.entry.view(-1)).view(pairs.entry.shape)  # (2,K')
                 valid = torch.isfinite(v) & (v > 0)
-                log_range = torch.log(torch.where(valid, v * g.ray_norm[at], 1.0))
-                half = len(g.align_pairs)
-                local = torch.arange(half, device=g.device)
-                pairs = torch.stack((local, local + half), 1)  # (K',2) into the (2K',) arrays
+                log_range = torch.log(torch.where(valid, v * pairs.ray_norm, 1.0))  # (2,K')
+                diff, weight, patch = log_range[0] - log_range[1], pairs.weight, pairs.patch
+                usable = valid[0] & valid[1]
+                if not bool(usable.all()):
+                    keep = torch.nonzero(usable).squeeze(1)
+                    diff, weight, patch = diff[keep], weight[keep], patch[:, keep]
                 self.alignment = align_log_scales(
-                    log_range, valid, g.patch[at], pairs, g.align_weights[at], g.num_patches, cfg.align_iterations
+                    diff.double(), weight, patch[0], patch[1], g.num_patches, cfg.align_iterations
                 )
             else:
                 ones = torch.ones(g.num_patches, dtype=torch.float64, device=g.device)

@@ -203,7 +203,7 @@ def test_top_class_finds_the_top_and_bounds_the_rest():
     volume[3, 2] = volume[:, 2].max() + 1e-7  # the runner-up within the key's bits
     volume[:, 3] = -torch.rand(150, generator=g)  # negative values
     volume[5, 4], volume[0, 5], volume[149, 6] = math.nan, -math.inf, math.inf
-    value, top, bound, finite = _top_class(volume.clone())
+    value, top, bound, finite = (t[0] for t in _top_class(volume.clone()[None]))
     assert finite.tolist() == [True] * 4 + [False] * 3 + [True] * 493
     ok = finite
     # The value is the class's own, and the bound holds for every other class, tight to 1e-4.
@@ -215,7 +215,12 @@ def test_top_class_finds_the_top_and_bounds_the_rest():
     sure = ok & (value > bound)
     assert torch.equal(top[sure].long(), volume.argmax(0)[sure])
     assert sure.float().mean() > 0.9 and not sure[0] and not sure[1]
-    one, top_one, bound_one, _ = _top_class(volume[:1].clone())
+    # Maps of a batch are their own: each gives what it gives alone.
+    batch = torch.stack((torch.rand(150, 500, generator=g), volume))
+    for k, alone in enumerate(_top_class(m[None].clone()) for m in batch):
+        for got, expected in zip(_top_class(batch.clone()), alone, strict=True):
+            torch.testing.assert_close(got[k], expected[0], rtol=0, atol=0, equal_nan=True)
+    one, top_one, bound_one, _ = (t[0] for t in _top_class(volume[None, :1].clone()))
     assert torch.equal(one, volume[0]) and not top_one.any() and not bound_one.any()
 
 

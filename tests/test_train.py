@@ -106,7 +106,8 @@ def test_two_ray_workers_match_one_process(truth, tmp_path):
     assert worst < 1e-5, worst
     # Each worker read its own panoramas: both started from the same weights, and only the
     # average of two different panoramas' gradients reproduces the batch of two.
-    moved = max(float((a[k] - weights_at_init(one)[k]).abs().max()) for k in a)
+    start = weights_at_init(one)
+    moved = max(float((a[k] - start[k]).abs().max()) for k in a)
     assert moved > 100 * worst
     assert [r["workers"] for r in two.read_metrics() if r["kind"] == "start"] == [2]
 
