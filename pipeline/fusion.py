@@ -576,8 +576,8 @@ class PanoramaFusion:
         shared = _uniform(top.view(b, h, w)).view(-1).index_select(0, cell)  # (M_r,) the shared top class, -1 = none
         weight = g.entry_weights[sl]
         if confidence is not None:
-            read = [sample_points(confidence[k][None].float(), g.grid[g.entries_of(first + k)])[0] for k in range(b)]
-            weight = weight * torch.cat(read).clamp_(0.0, 1.0)
+            conf = [sample_points(confidence[k][None].float(), g.grid[g.entries_of(first + k)])[0] for k in range(b)]
+            weight = weight * torch.cat(conf).clamp_(0.0, 1.0)
         ok = None  # every entry reads finite values
         if not bool(finite.all()):  # an entry reads NaN when any of its four map pixels holds one
             self.nonfinite["semantic"] += int((~torch.isfinite(probs)).sum())
@@ -609,8 +609,8 @@ class PanoramaFusion:
         listed = torch.zeros(0, dtype=torch.int64, device=g.device)
         if exactly and any(needed):
             whole = torch.zeros_like(unsettled)
-            for k, at in enumerate(itertools.accumulate([0, *sizes[:-1]])):
-                whole[at : at + sizes[k]] = needed[k]
+            for k, begin in enumerate(itertools.accumulate([0, *sizes[:-1]])):
+                whole[begin : begin + sizes[k]] = needed[k]
             if ok is not None:
                 whole &= ok
             listed = torch.nonzero(whole).squeeze(1)
