@@ -9,7 +9,8 @@ Printed, all measured in this run, on this machine:
    Mask2Former gives them), one process, all cores, through `run_labels` as `--in-process`
    runs it: per-stage medians from the rows (decode, sample, fuse and its share per task,
    quality figures, write), at labels 512x1024 and 1024x2048 (also at FoV 90°), for depth
-   alone, depth and normals, and all three tasks (also with geometric normals). The
+   alone, depth and normals, and all three tasks (also with geometric normals, and with a
+   relative depth teacher, whose alignment solves a scale and a shift per patch). The
    reference is pyequilib's `pers2equi` re-projecting the same 20 RGB patches to the same
    label size, in a process of its own (`Pers2EquiReference`), run after every panorama
    (interleaved), median. Targets: the non-teacher total at most 0.35x `pers2equi`;
@@ -73,6 +74,7 @@ class Case:
     fov_deg: float | None
     tasks: tuple[str, ...]
     geometric_normals: bool = False  # normals from the depth teacher's patches instead of their own teacher
+    relative_depth: bool = False  # affine-invariant disparity (aligned with a scale and a shift per patch)
 
     @property
     def name(self) -> str:
@@ -81,12 +83,18 @@ class Case:
 
     @property
     def task_names(self) -> str:
-        return ", ".join("geometric normals" if t == "normals" and self.geometric_normals else t for t in self.tasks)
+        names = {
+            "normals": "geometric normals" if self.geometric_normals else "normals",
+            "depth": "relative depth" if self.relative_depth else "depth",
+        }
+        return ", ".join(names.get(t, t) for t in self.tasks)
 
     def config(self) -> LabelConfig:
         specs = {task: (f"{FREE}{task}" if task in self.tasks else "none") for task in ("depth", "semantic", "normals")}
         if self.geometric_normals:
             specs["normals"] = "geometric"
+        if self.relative_depth:
+            specs["depth"] = f"{FREE}relative_depth"
         return LabelConfig(
             depth_teacher=specs["depth"],
             semantic_teacher=specs["semantic"],
@@ -104,6 +112,8 @@ CASES = (
     Case(1024, None, ("depth", "semantic", "normals")),
     Case(1024, 90.0, ("depth", "normals")),
     Case(1024, 90.0, ("depth", "semantic", "normals")),
+    Case(512, None, ("depth", "semantic", "normals"), relative_depth=True),
+    Case(1024, 90.0, ("depth", "semantic", "normals"), relative_depth=True),
 )
 
 

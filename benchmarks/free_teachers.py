@@ -6,6 +6,8 @@ exactly what the real teacher of its task returns, at the real teacher's resolut
 
 - depth (`py:benchmarks.free_teachers:depth`): (B,h,w) planar z-depth in metres, like
   Depth Anything V2 Metric;
+- relative depth (`py:benchmarks.free_teachers:relative_depth`): (B,h,w) affine-invariant
+  disparity (2/z + 0.1), like Depth Anything V2's relative models;
 - normals (`py:benchmarks.free_teachers:normals`): (B,3,h,w) unit camera-frame normals;
 - semantic (`py:benchmarks.free_teachers:semantic`): (B,150,h/4,w/4) probabilities over the
   ADE20K classes, dense and smooth like Mask2Former's: every class has some mass, which
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.teachers.base import TeacherCameras
+from pipeline.teachers.base import RELATIVE_DISPARITY, TeacherCameras
 from spherical.ade20k import ADE20K_CLASSES
 from spherical.camera import PatchCameras
 
@@ -102,6 +104,18 @@ class FreeDepth:
         return {"model": "free box-room depth (benchmark)"}
 
 
+class FreeRelativeDepth:
+    task = "depth"
+    batch_size = 8
+    depth_kind = RELATIVE_DISPARITY
+
+    def predict(self, images: Tensor, cameras: TeacherCameras) -> Tensor:
+        return (2.0 / _look(cameras, cameras.height)[0] + 0.1).to(images.device)  # (B,h,w)
+
+    def describe(self) -> dict[str, str]:
+        return {"model": "free box-room relative disparity (benchmark)"}
+
+
 class FreeNormals:
     task = "normals"
     batch_size = 8
@@ -145,6 +159,10 @@ class FreeSemantic:
 
 def depth() -> FreeDepth:
     return FreeDepth()
+
+
+def relative_depth() -> FreeRelativeDepth:
+    return FreeRelativeDepth()
 
 
 def normals() -> FreeNormals:

@@ -51,21 +51,34 @@ class Alignment:
 
 class _NormalEquations:
     """A = sum_k w_k g_k g_k^T for sparse rows g_k with entries vals[k, :] at cols[k, :], for
-    weights that change from round to round (the cells and products are computed once).
+    weights that change from round to round. The columns of a row depend only on its group
+    (a pair of patches), so each round sums the rows' products per group (one index_add of the
+    m(m+1)/2 distinct products per row) and then places the few groups' sums.
 
     Args:
-        cols: (K,m) int64 column of each non-zero; vals: (K,m) float64; size: the columns.
+        cols: (K,m) int64 column of each non-zero, distinct within a row; vals: (K,m) float64;
+        group: (K,) int64 of each row, in [0, groups); rows of a group share their columns;
+        groups: the number of groups; size: the columns.
     """
 
-    def __init__(self, cols: Tensor, vals: Tensor, size: int) -> None:
-        self.size = size
-        self.cells = (cols[:, :, None] * size + cols[:, None, :]).flatten()  # (K*m*m,) cells of A
-        self.products = vals[:, :, None] * vals[:, None, :]  # (K,m,m)
+    def __init__(self, cols: Tensor, vals: Tensor, group: Tensor, groups: int, size: int) -> None:
+        m = vals.shape[1]
+        r, s = torch.triu_indices(m, m, device=vals.device)  # (U,) each: the products with r <= s
+        self.size, self.group, self.groups = size, group, groups
+        self.products = vals.index_select(1, r) * vals.index_select(1, s)  # (K,U)
+        # The cells of each group's products, from any of its rows (unused groups add zeros).
+        columns = torch.zeros(groups, m, dtype=torch.int64, device=vals.device).index_copy_(0, group, cols)  # (G,m)
+        self.cells = (columns[:, r] * size + columns[:, s]).view(-1)  # (G,U) -> (G*U,)
 
     def __call__(self, weights: Tensor) -> Tensor:
         """(size,size) float64 A for (K,) weights."""
-        products = (weights[:, None, None] * self.products).flatten()  # (K*m*m,)
-        return torch.bincount(self.cells, weights=products, minlength=self.size**2).view(self.size, self.size)
+        sums = torch.zeros(self.groups, self.products.shape[1], dtype=torch.float64, device=weights.device)
+        sums.index_add_(0, self.group, weights[:, None] * self.products)  # (G,U)
+        upper = torch.zeros(self.size * self.size, dtype=torch.float64, device=weights.device)
+        upper = upper.index_add_(0, self.cells, sums.view(-1)).view(self.size, self.size)  # diagonal + one triangle
+        # The products with r < s stand for both (r, s) and (s, r): off the diagonal, as the
+        # columns of a row are distinct.
+        return upper + upper.T - torch.diag(torch.diagonal(upper))
 
 
 def _solve_constrained(A: Tensor, rhs: Tensor, c: Tensor, target: float) -> Tensor:
@@ -89,13 +102,6 @@ def _robust_weights(residuals: Tensor) -> Tensor:
 def _rms(residuals: Tensor, weights: Tensor) -> float:
     total = float(weights.sum())
     return math.sqrt(float((weights * residuals**2).sum()) / total) if total > 0 else math.nan
-
-
-def _usable_pairs(pairs: Tensor, valid: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Pairs whose two entries are valid, and their weights w_i * w_j."""
-    keep = valid[pairs[:, 0]] & valid[pairs[:, 1]]
-    kept = pairs[keep]
-    return kept, (weights[kept[:, 0]] * weights[kept[:, 1]]).double()
 
 
 def align_log_scales(
@@ -131,51 +137,41 @@ def align_log_scales(
 
 
 def align_affine_disparity(
-    disparity: Tensor,
-    ray_norm: Tensor,
-    valid: Tensor,
-    patch: Tensor,
-    pairs: Tensor,
-    weights: Tensor,
-    num_patches: int,
-    iterations: int,
+    dn: Tensor, inv_n: Tensor, weights: Tensor, a: Tensor, b: Tensor, gauge: Tensor, num_patches: int, iterations: int
 ) -> Alignment:
     """Per-patch scale and shift of affine-invariant disparity (see the module doc).
 
     Args:
-        disparity: (M,) teacher disparity of every entry; ray_norm: (M,) ||c|| of its camera
-            ray; the other arguments as in `align_log_scales`.
+        dn: (2,K) float64 d/||c|| of the first and second entries of every usable pair (both
+            finite), with d the teacher disparity and ||c|| the length of the entry's camera ray;
+        inv_n: (2,K) float64 their 1/||c||; weights: (K,) float64 the pairs' weights;
+        a, b: (K,) int64 the patches of the first and second entries;
+        gauge: (3,P) float64 per patch, over its entries with a finite disparity: their count,
+            the sum of d/||c|| and the sum of 1/||c||; iterations: robust re-weighting rounds.
     """
-    kept, w = _usable_pairs(pairs, valid, weights)
     P = num_patches
-    device = disparity.device
-    d = disparity.double()
-    inv_n = 1.0 / ray_norm.double()
-    if kept.shape[0] == 0:
+    device = dn.device
+    if dn.shape[1] == 0:
         ones = torch.ones(P, dtype=torch.float64, device=device)
         return Alignment(ones, torch.zeros_like(ones), math.nan, math.nan, 0)
-    i, j = kept[:, 0], kept[:, 1]
-    a, b = patch[i], patch[j]
     # Unknowns theta = (alpha_0..alpha_{P-1}, beta_0..beta_{P-1}); q_i - q_j = g . theta.
     cols = torch.stack((a, P + a, b, P + b), 1)  # (K,4)
-    vals = torch.stack((d[i] * inv_n[i], inv_n[i], -d[j] * inv_n[j], -inv_n[j]), 1)  # (K,4)
+    vals = torch.stack((dn[0], inv_n[0], -dn[1], -inv_n[1]), 1)  # (K,4)
     # Gauge: mean over patches of the mean aligned q of the patch's valid entries is 1.
-    count = torch.zeros(P, dtype=torch.float64, device=device).index_add_(0, patch, valid.double())
-    mean_dn = torch.zeros(P, dtype=torch.float64, device=device).index_add_(0, patch, torch.where(valid, d * inv_n, 0))
-    mean_n = torch.zeros(P, dtype=torch.float64, device=device).index_add_(0, patch, torch.where(valid, inv_n, 0))
+    count, sum_dn, sum_n = gauge
     has = count > 0
-    c = torch.cat((torch.where(has, mean_dn / count.clamp_min(1), 0), torch.where(has, mean_n / count.clamp_min(1), 0)))
+    c = torch.cat((torch.where(has, sum_dn / count.clamp_min(1), 0), torch.where(has, sum_n / count.clamp_min(1), 0)))
     target = float(has.sum())
 
     # Before alignment: the raw disparities scaled by one common factor to the same gauge.
     raw = vals[:, 0] + vals[:, 2]
-    residual_before = _rms(raw / (float(c[:P].sum()) / target), w)
-    normal_equations = _NormalEquations(cols, vals, 2 * P)
-    robust = torch.ones_like(w)
+    residual_before = _rms(raw / (float(c[:P].sum()) / target), weights)
+    normal_equations = _NormalEquations(cols, vals, a * P + b, P * P, 2 * P)
+    robust = torch.ones_like(weights)
     theta = torch.zeros(2 * P, dtype=torch.float64, device=device)
     for _ in range(iterations + 1):
-        A = normal_equations(w * robust)
+        A = normal_equations(weights * robust)
         theta = _solve_constrained(A, torch.zeros(2 * P, dtype=torch.float64, device=device), c, target)
-        res = (vals * theta[cols]).sum(1)
+        res = (vals * theta.index_select(0, cols.view(-1)).view(cols.shape)).sum(1)  # (4K,) -> (K,4) -> (K,)
         robust = _robust_weights(res)
-    return Alignment(theta[:P], theta[P:], _rms(res, w * robust), residual_before, len(a))
+    return Alignment(theta[:P], theta[P:], _rms(res, weights * robust), residual_before, len(a))

@@ -136,6 +136,7 @@ class FusionGeometry:
         entry_weights: (M,) float32 fusion weights of the entries (the border weights, or
             one-hot per pixel for the "nearest" blend), mapping order.
         entry_patch: (M,) int32 patch of each entry, mapping order.
+        entry_ray_norm: (M,) float32 ||c|| of each entry's c_z = 1 camera ray, mapping order.
         weights: (M,) float32 the fusion weights, slot order.
         align_weights: (M,) float32 the border weights, slot order: the depth alignment's.
         weight_sum: (H*W,) float32 the fusion weights' sum per pixel, compact order.
@@ -160,6 +161,7 @@ class FusionGeometry:
     grid: Tensor
     entry_weights: Tensor
     entry_patch: Tensor
+    entry_ray_norm: Tensor
     weights: Tensor
     align_weights: Tensor
     weight_sum: Tensor
@@ -208,6 +210,7 @@ class FusionGeometry:
             grid=grid.float(),
             entry_weights=weights,
             entry_patch=patch.int(),
+            entry_ray_norm=ray_norm,
             weights=layout.to_slots(weights),
             align_weights=slot_border,
             weight_sum=layout.reduce(layout.to_slots(weights)),
@@ -736,13 +739,33 @@ class PanoramaFusion:
                 self.alignment = Alignment(ones, torch.zeros_like(ones), math.nan, math.nan, 0)
         else:
             assert self.depth_kind == RELATIVE_DISPARITY, self.depth_kind
-            v = g.to_slots(self.depth_value)
-            valid = torch.isfinite(v)
+            pairs = g.align
+            d = self.depth_value.index_select(0, pairs.entry.view(-1)).view(pairs.entry.shape).double()  # (2,K')
+            inv_n = pairs.ray_norm.double().reciprocal_()  # (2,K')
+            usable = torch.isfinite(d).all(0)
+            dn, weight, patch = d.mul_(inv_n), pairs.weight, pairs.patch
+            if not bool(usable.all()):
+                keep = torch.nonzero(usable).squeeze(1)
+                dn, inv_n, weight, patch = dn[:, keep], inv_n[:, keep], weight[keep], patch[:, keep]
             self.alignment = align_affine_disparity(
-                torch.where(valid, v, 0.0), g.ray_norm, valid, g.patch, g.align_pairs, g.align_weights, g.num_patches,
-                cfg.align_iterations,
-            )  # fmt: skip
+                dn, inv_n, weight, patch[0], patch[1], self._gauge_sums(), g.num_patches, cfg.align_iterations
+            )
         return self.alignment
+
+    def _gauge_sums(self) -> Tensor:
+        """(3,P) float64 per patch over its entries with a finite teacher disparity d: their
+        count, the sum of d/||c|| and the sum of 1/||c|| (the relative alignment's gauge). In the
+        mapping's order, where each patch's entries are one slice."""
+        g = self.geometry
+        valid = torch.isfinite(self.depth_value)  # (M,)
+        inv_n = g.entry_ray_norm.double().reciprocal_()
+        dn = self.depth_value.double().mul_(inv_n)
+        if not bool(valid.all()):
+            dn.masked_fill_(~valid, 0.0)
+            inv_n.masked_fill_(~valid, 0.0)
+        slices = [g.entries_of(p) for p in range(g.num_patches)]
+        sums = [torch.stack((valid[sl].sum().double(), dn[sl].sum(), inv_n[sl].sum())) for sl in slices]
+        return torch.stack(sums, 1)  # (3,P)
 
     def aligned_patch_zdepth(self, patches: list[int], depth: Tensor) -> Tensor:
         """Teacher depth maps of `patches` (b,h',w') as aligned planar z-depth (metric up to
