@@ -50,25 +50,25 @@ class Alignment:
 
 
 class _NormalEquations:
-    """A = sum_k w_k g_k g_k^T for sparse rows g_k with entries vals[k, :] at cols[k, :], for
+    """A = sum_k w_k g_k g_k^T for sparse rows g_k with entries vals[r][k] at cols[r][k], for
     weights that change from round to round. The columns of a row depend only on its group
     (a pair of patches), so each round sums the rows' products per group (one index_add of the
     m(m+1)/2 distinct products per row) and then places the few groups' sums.
 
     Args:
-        cols: (K,m) int64 column of each non-zero, distinct within a row; vals: (K,m) float64;
-        group: (K,) int64 of each row, in [0, groups); rows of a group share their columns;
-        groups: the number of groups; size: the columns.
+        cols: m (K,) int64 columns of the non-zeros, distinct within a row; vals: m (K,)
+        float64 their values; group: (K,) int64 of each row, in [0, groups), the rows of a
+        group sharing their columns; groups: the number of groups; size: the columns.
     """
 
-    def __init__(self, cols: Tensor, vals: Tensor, group: Tensor, groups: int, size: int) -> None:
-        m = vals.shape[1]
-        r, s = torch.triu_indices(m, m, device=vals.device)  # (U,) each: the products with r <= s
+    def __init__(self, cols: list[Tensor], vals: list[Tensor], group: Tensor, groups: int, size: int) -> None:
+        upper = [(r, s) for r in range(len(vals)) for s in range(r, len(vals))]  # the products with r <= s
         self.size, self.group, self.groups = size, group, groups
-        self.products = vals.index_select(1, r) * vals.index_select(1, s)  # (K,U)
+        self.products = torch.stack([vals[r] * vals[s] for r, s in upper], 1)  # (K,U)
         # The cells of each group's products, from any of its rows (unused groups add zeros).
-        columns = torch.zeros(groups, m, dtype=torch.int64, device=vals.device).index_copy_(0, group, cols)  # (G,m)
-        self.cells = (columns[:, r] * size + columns[:, s]).view(-1)  # (G,U) -> (G*U,)
+        columns = torch.zeros(groups, len(cols), dtype=torch.int64, device=group.device)
+        columns.index_copy_(0, group, torch.stack(cols, 1))  # (G,m)
+        self.cells = torch.stack([columns[:, r] * size + columns[:, s] for r, s in upper], 1).view(-1)  # (G*U,)
 
     def __call__(self, weights: Tensor) -> Tensor:
         """(size,size) float64 A for (K,) weights."""
@@ -155,8 +155,8 @@ def align_affine_disparity(
         ones = torch.ones(P, dtype=torch.float64, device=device)
         return Alignment(ones, torch.zeros_like(ones), math.nan, math.nan, 0)
     # Unknowns theta = (alpha_0..alpha_{P-1}, beta_0..beta_{P-1}); q_i - q_j = g . theta.
-    cols = torch.stack((a, P + a, b, P + b), 1)  # (K,4)
-    vals = torch.stack((dn[0], inv_n[0], -dn[1], -inv_n[1]), 1)  # (K,4)
+    cols = [a, P + a, b, P + b]  # 4 (K,)
+    vals = [dn[0], inv_n[0], -dn[1], -inv_n[1]]  # 4 (K,)
     # Gauge: mean over patches of the mean aligned q of the patch's valid entries is 1.
     count, sum_dn, sum_n = gauge
     has = count > 0
@@ -164,7 +164,7 @@ def align_affine_disparity(
     target = float(has.sum())
 
     # Before alignment: the raw disparities scaled by one common factor to the same gauge.
-    raw = vals[:, 0] + vals[:, 2]
+    raw = vals[0] + vals[2]
     residual_before = _rms(raw / (float(c[:P].sum()) / target), weights)
     normal_equations = _NormalEquations(cols, vals, a * P + b, P * P, 2 * P)
     robust = torch.ones_like(weights)
@@ -172,6 +172,6 @@ def align_affine_disparity(
     for _ in range(iterations + 1):
         A = normal_equations(weights * robust)
         theta = _solve_constrained(A, torch.zeros(2 * P, dtype=torch.float64, device=device), c, target)
-        res = (vals * theta.index_select(0, cols.view(-1)).view(cols.shape)).sum(1)  # (4K,) -> (K,4) -> (K,)
+        res = sum(v * theta.index_select(0, c) for v, c in zip(vals, cols, strict=True))  # (K,)
         robust = _robust_weights(res)
     return Alignment(theta[:P], theta[P:], _rms(res, weights * robust), residual_before, len(a))

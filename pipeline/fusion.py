@@ -136,7 +136,7 @@ class FusionGeometry:
         entry_weights: (M,) float32 fusion weights of the entries (the border weights, or
             one-hot per pixel for the "nearest" blend), mapping order.
         entry_patch: (M,) int32 patch of each entry, mapping order.
-        entry_ray_norm: (M,) float32 ||c|| of each entry's c_z = 1 camera ray, mapping order.
+        entry_inv_ray_norm: (M,) float32 1/||c|| of each entry's c_z = 1 camera ray, mapping order.
         weights: (M,) float32 the fusion weights, slot order.
         align_weights: (M,) float32 the border weights, slot order: the depth alignment's.
         weight_sum: (H*W,) float32 the fusion weights' sum per pixel, compact order.
@@ -161,7 +161,7 @@ class FusionGeometry:
     grid: Tensor
     entry_weights: Tensor
     entry_patch: Tensor
-    entry_ray_norm: Tensor
+    entry_inv_ray_norm: Tensor
     weights: Tensor
     align_weights: Tensor
     weight_sum: Tensor
@@ -210,7 +210,7 @@ class FusionGeometry:
             grid=grid.float(),
             entry_weights=weights,
             entry_patch=patch.int(),
-            entry_ray_norm=ray_norm,
+            entry_inv_ray_norm=ray_norm.reciprocal(),
             weights=layout.to_slots(weights),
             align_weights=slot_border,
             weight_sum=layout.reduce(layout.to_slots(weights)),
@@ -758,13 +758,15 @@ class PanoramaFusion:
         mapping's order, where each patch's entries are one slice."""
         g = self.geometry
         valid = torch.isfinite(self.depth_value)  # (M,)
-        inv_n = g.entry_ray_norm.double().reciprocal_()
-        dn = self.depth_value.double().mul_(inv_n)
+        dn, inv_n = self.depth_value * g.entry_inv_ray_norm, g.entry_inv_ray_norm
         if not bool(valid.all()):
             dn.masked_fill_(~valid, 0.0)
-            inv_n.masked_fill_(~valid, 0.0)
+            inv_n = inv_n.masked_fill(~valid, 0.0)
         slices = [g.entries_of(p) for p in range(g.num_patches)]
-        sums = [torch.stack((valid[sl].sum().double(), dn[sl].sum(), inv_n[sl].sum())) for sl in slices]
+        sums = [  # float32 terms summed in float64
+            torch.stack((valid[sl].sum().double(), dn[sl].sum(dtype=torch.float64), inv_n[sl].sum(dtype=torch.float64)))
+            for sl in slices
+        ]
         return torch.stack(sums, 1)  # (3,P)
 
     def aligned_patch_zdepth(self, patches: list[int], depth: Tensor) -> Tensor:
