@@ -94,8 +94,10 @@ def border_weights(x: Tensor, y: Tensor, width: int, height: int, config: Fusion
 
 @dataclass(frozen=True)
 class AlignPairs:
-    """The overlap pairs that the metric depth alignment solves with, read once per worker:
-    row 0 holds each pair's first entry, row 1 its second (`FusionGeometry.align_pairs`).
+    """The overlap pairs that the depth alignment solves with, read once per worker:
+    row 0 holds each pair's first entry, row 1 its second. The pairs are an even subsample,
+    at most `FusionConfig.align_max_pairs`, of the pairs of entries that see the same pixel
+    from two patches (`SlotLayout.pairs`).
 
     Fields:
         entry: (2,K') int64 mapping-order index of the entries.
@@ -138,14 +140,11 @@ class FusionGeometry:
         entry_patch: (M,) int32 patch of each entry, mapping order.
         entry_inv_ray_norm: (M,) float32 1/||c|| of each entry's c_z = 1 camera ray, mapping order.
         weights: (M,) float32 the fusion weights, slot order.
-        align_weights: (M,) float32 the border weights, slot order: the depth alignment's.
         weight_sum: (H*W,) float32 the fusion weights' sum per pixel, compact order.
         ray_norm: (M,) float32 ||c|| of each entry's c_z = 1 camera ray, slot order.
         patch: (M,) int32 patch of each entry, slot order (int32 as `SlotLayout.entry`).
         entry: (M,) int32 the mapping-order index of the entry in each slot.
-        align_pairs: (K',2) int64 slots of an even subsample of the pairs of entries that see
-            the same pixel from two patches, at most `align_max_pairs` (`SlotLayout.pairs`).
-        align: what the metric alignment reads of those pairs (`AlignPairs`).
+        align: the overlap pairs of the depth alignment (`AlignPairs`).
         count: (H*W,) int64 patches that see each pixel, compact order.
         polar: (H*W,) bool pixels with |latitude| > 60 degrees, compact order.
         corners: per teacher map resolution (h, w), the (M,) int32 flat index y0 * w + x0 of
@@ -163,12 +162,10 @@ class FusionGeometry:
     entry_patch: Tensor
     entry_inv_ray_norm: Tensor
     weights: Tensor
-    align_weights: Tensor
     weight_sum: Tensor
     ray_norm: Tensor
     patch: Tensor
     entry: Tensor
-    align_pairs: Tensor
     align: AlignPairs
     count: Tensor
     polar: Tensor
@@ -199,7 +196,6 @@ class FusionGeometry:
             off_axis = layout.to_slots(cx * cx + cy * cy).float()
             nearest = off_axis == layout.broadcast(layout.reduce(off_axis.clone(), op="amin"))
             weights = nearest.float()[layout.position]  # slot order -> mapping order
-        pairs = layout.pairs(config.align_max_pairs)
         slot_ray_norm, slot_patch, slot_border = (layout.to_slots(a) for a in (ray_norm, patch, border))
         _, lat = erp_lonlat(erp_height, device=cameras.device)
         polar = (lat.abs() > math.radians(60.0))[:, None].expand(-1, 2 * erp_height).flatten()
@@ -212,13 +208,13 @@ class FusionGeometry:
             entry_patch=patch.int(),
             entry_inv_ray_norm=ray_norm.reciprocal(),
             weights=layout.to_slots(weights),
-            align_weights=slot_border,
             weight_sum=layout.reduce(layout.to_slots(weights)),
             ray_norm=slot_ray_norm,
             patch=slot_patch.int(),
             entry=layout.entry,
-            align_pairs=pairs,
-            align=AlignPairs.of_slots(pairs, layout, slot_ray_norm, slot_patch, slot_border),
+            align=AlignPairs.of_slots(
+                layout.pairs(config.align_max_pairs), layout, slot_ray_norm, slot_patch, slot_border
+            ),
             count=layout.count[layout.order],
             polar=polar[layout.order],
         )
