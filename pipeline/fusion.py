@@ -120,6 +120,10 @@ class AlignPairs:
         w = weights[at]
         return cls(layout.entry[at].long(), ray_norm[at], patch[at].long(), (w[0] * w[1]).double())
 
+    def at(self, values: Tensor) -> Tensor:
+        """(M,) per-entry values in mapping order -> (2,K') those of the pairs' entries."""
+        return values.index_select(0, self.entry.view(-1)).view(self.entry.shape)  # (2K',) -> (2,K')
+
 
 @dataclass(frozen=True)
 class FusionGeometry:
@@ -388,7 +392,8 @@ class _SemanticRun:
     `PanoramaFusion.add_semantic`; their entries are consecutive too (mapping order).
 
     Fields:
-        first: the first patch; sl: the entries of the b patches; sizes: entries per patch.
+        first: the first patch; sl: the entries of the b patches.
+        bounds: b + 1 ints, the entries of the k-th patch are [bounds[k], bounds[k+1]) from sl.start.
         grid: (M_r,2) the entries' grid_sample points.
         offset: (M_r,) int32 k * S' for an entry of the run's k-th map (of S' pixels).
         top: (b,S') int32 each map pixel's top class (`_top_class`).
@@ -403,7 +408,7 @@ class _SemanticRun:
 
     first: int
     sl: slice
-    sizes: list[int]
+    bounds: list[int]
     grid: Tensor
     offset: Tensor
     top: Tensor
@@ -567,7 +572,8 @@ class PanoramaFusion:
         S = h * w
         starts = g.mapping.offsets
         sl = slice(starts[first], starts[first + b])
-        sizes = [starts[first + k + 1] - starts[first + k] for k in range(b)]
+        bounds = [starts[first + k] - sl.start for k in range(b + 1)]
+        sizes = [stop - begin for begin, stop in itertools.pairwise(bounds)]
         grid = g.grid[sl]
         value, top, bound, finite = _top_class(probs.view(b, C, S), g.scratch((C, S), torch.int32))  # (b,S') each
         offset = (g.entry_patch[sl] - first).mul_(S)  # (M_r,)
@@ -575,7 +581,7 @@ class PanoramaFusion:
         shared = _uniform(top.view(b, h, w)).view(-1).index_select(0, cell)  # (M_r,) the shared top class, -1 = none
         weight = g.entry_weights[sl]
         if confidence is not None:
-            conf = [sample_points(confidence[k][None].float(), g.grid[g.entries_of(first + k)])[0] for k in range(b)]
+            conf = [sample_points(confidence[k][None].float(), part)[0] for k, part in enumerate(grid.split(sizes))]
             weight = weight * torch.cat(conf).clamp_(0.0, 1.0)
         ok = None  # every entry reads finite values
         if not bool(finite.all()):  # an entry reads NaN when any of its four map pixels holds one
@@ -591,11 +597,9 @@ class PanoramaFusion:
         # The top class's probability and the bound, interpolated as every class is, straight
         # into their rows.
         pair = torch.stack((value, bound), 1).view(b, 2, h, w)  # (b,2,S') -> (b,2,h',w')
-        for k in range(b):
-            entries = g.entries_of(first + k)
-            for points, read in read_points(pair[k], g.grid[entries]):
-                at = entries.start - sl.start
-                out[_PROB:, at + points.start : at + points.stop] = read
+        for k, part in enumerate(grid.split(sizes)):
+            for points, read in read_points(pair[k], part):
+                out[_PROB:, bounds[k] + points.start : bounds[k] + points.stop] = read
         p_top, u = out[_PROB], out[_BOUND]
         unsettled = ~((shared >= 0) & (p_top > u))  # NaN compares false: never settled here
         if ok is not None:
@@ -608,15 +612,15 @@ class PanoramaFusion:
         listed = torch.zeros(0, dtype=torch.int64, device=g.device)
         if exactly and any(needed):
             whole = torch.zeros_like(unsettled)
-            for k, begin in enumerate(itertools.accumulate([0, *sizes[:-1]])):
-                whole[begin : begin + sizes[k]] = needed[k]
+            for k in range(b):
+                whole[bounds[k] : bounds[k + 1]] = needed[k]
             if ok is not None:
                 whole &= ok
             listed = torch.nonzero(whole).squeeze(1)
             unsettled &= ~whole
         rest = torch.nonzero(unsettled).squeeze(1)
         keep = [n and not exactly for n in needed]
-        return _SemanticRun(first, sl, sizes, grid, offset, top, weight, ok, keep, rest, listed)
+        return _SemanticRun(first, sl, bounds, grid, offset, top, weight, ok, keep, rest, listed)
 
     def _settle(self, run: _SemanticRun, probs: Tensor) -> None:
         """The rest of a run's summary, once `_two_classes` has had its entries: exact top-k
@@ -624,9 +628,9 @@ class PanoramaFusion:
         out = self.sem[:, run.sl]  # (3,M_r)
         todo = run.rest if not run.listed.numel() else torch.cat((run.rest, run.listed)).sort().values
         if todo.numel():
-            ends = torch.tensor(list(itertools.accumulate(run.sizes)), device=todo.device)
+            ends = torch.tensor(run.bounds[1:], device=todo.device)
             cuts = [0, *torch.searchsorted(todo, ends).tolist()]  # the entries of map k: todo[cuts[k]:cuts[k+1]]
-            for k in range(len(run.sizes)):
+            for k in range(len(run.keep)):
                 mine = todo[cuts[k] : cuts[k + 1]]
                 if mine.numel():
                     self._list_exactly(out, mine, run.sl.start, probs[k], run.grid[mine], run.weight[mine])
@@ -719,7 +723,7 @@ class PanoramaFusion:
             if cfg.align_metric_depth:
                 # Only the entries of the pairs take part: read them, then solve on (K',) arrays.
                 pairs = g.align
-                v = self.depth_value.index_select(0, pairs.entry.view(-1)).view(pairs.entry.shape)  # (2,K')
+                v = pairs.at(self.depth_value)  # (2,K')
                 valid = torch.isfinite(v) & (v > 0)
                 log_range = torch.log(torch.where(valid, v * pairs.ray_norm, 1.0))  # (2,K')
                 diff, weight, patch = log_range[0] - log_range[1], pairs.weight, pairs.patch
@@ -736,7 +740,7 @@ class PanoramaFusion:
         else:
             assert self.depth_kind == RELATIVE_DISPARITY, self.depth_kind
             pairs = g.align
-            d = self.depth_value.index_select(0, pairs.entry.view(-1)).view(pairs.entry.shape).double()  # (2,K')
+            d = pairs.at(self.depth_value).double()  # (2,K')
             inv_n = pairs.ray_norm.double().reciprocal_()  # (2,K')
             usable = torch.isfinite(d).all(0)
             dn, weight, patch = d.mul_(inv_n), pairs.weight, pairs.patch
