@@ -3,7 +3,8 @@
 Accepted: 8- and 16-bit PNG, JPEG and WebP files, colour, grayscale or with alpha (the
 last three are converted to RGB), 2:1 within a 1% tolerance (resized to exactly 2:1).
 Everything else raises `ImageError` with a one-line reason, so a run records the
-panorama as failed and goes on.
+panorama as failed and goes on. A labelling run's decoding tasks hand the samples on as
+stored (`decode_samples`, uint8 or uint16); `read_panorama` gives float RGB in [0,1].
 """
 
 from __future__ import annotations
@@ -49,14 +50,18 @@ def _check_complete(data: bytes, suffix: str) -> None:
             raise ImageError("truncated WebP (shorter than its RIFF header says)")
 
 
-def decode_panorama(data: bytes, suffix: str) -> np.ndarray:
-    """Decode an encoded panorama.
+def decode_samples(data: bytes, suffix: str) -> np.ndarray:
+    """Decode an encoded panorama to its samples, as stored (no conversion to float: a
+    labeller converts them while it pads the panorama for sampling, and an 8-bit panorama
+    travels between processes at a quarter of its float size).
 
     Args:
         data: the file's bytes.
         suffix: its lower-case extension (".png", ".jpg", ...), used to check completeness.
     Returns:
-        (H,W,3) float32 RGB in [0,1], W = 2H exactly.
+        (H,W,3) RGB, uint8 (8-bit files) or uint16 (16-bit files, and panoramas resized to
+        exactly 2:1, resized in 16 bits so that no 8-bit rounding is added), W = 2H exactly.
+        `unit_rgb` gives the values in [0,1].
     Raises:
         ImageError: empty, unreadable, truncated, too small or not 2:1 within 1%.
     """
@@ -66,11 +71,7 @@ def decode_panorama(data: bytes, suffix: str) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError("cannot decode the image (corrupt or unsupported)")
-    if image.dtype == np.uint8:
-        scale = 255.0
-    elif image.dtype == np.uint16:
-        scale = 65535.0
-    else:
+    if image.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"unsupported sample type {image.dtype}")
     if image.ndim == 2:
         rgb = np.repeat(image[..., None], 3, axis=2)
@@ -88,15 +89,44 @@ def decode_panorama(data: bytes, suffix: str) -> np.ndarray:
     # The small slack keeps an error of exactly 1% within the tolerance despite float rounding.
     if abs(W - 2 * H) > ASPECT_TOLERANCE * 2 * H * (1 + 1e-9):
         raise ImageError(f"not a 2:1 equirectangular panorama: {W}x{H}")
-    out = rgb.astype(np.float32)
-    out /= scale  # in place: no second full-size copy
     if W != 2 * H:
-        out = cv2.resize(out, (2 * H, H), interpolation=cv2.INTER_LINEAR)
+        if rgb.dtype == np.uint8:
+            rgb = rgb.astype(np.uint16) * np.uint16(257)  # 255 * 257 = 65535: the same values in 16 bits
+        rgb = cv2.resize(rgb, (2 * H, H), interpolation=cv2.INTER_LINEAR)
+    return rgb
+
+
+def sample_scale(samples: np.ndarray) -> float:
+    """The sample value of 1.0 for uint8 (255) or uint16 (65535) samples of `decode_samples`."""
+    if samples.dtype == np.uint8:
+        return 255.0
+    assert samples.dtype == np.uint16, f"panorama samples are uint8 or uint16, got {samples.dtype}"
+    return 65535.0
+
+
+def unit_rgb(samples: np.ndarray) -> np.ndarray:
+    """(H,W,3) uint8/uint16 samples (`decode_samples`) -> (H,W,3) float32 RGB in [0,1]."""
+    out = samples.astype(np.float32)
+    out /= sample_scale(samples)  # in place: no second full-size copy
     return out
 
 
-def read_panorama(source: str) -> np.ndarray:
-    """Read and decode a panorama from a local path or fsspec URL (see `decode_panorama`).
+def rgb8(samples: np.ndarray) -> np.ndarray:
+    """(H,W,3) uint8/uint16 samples -> writable (H,W,3) uint8 RGB (16 bits rounded to 8)."""
+    if samples.dtype == np.uint8:
+        return samples if samples.flags.writeable else samples.copy()
+    assert samples.dtype == np.uint16, f"panorama samples are uint8 or uint16, got {samples.dtype}"
+    return np.round(samples.astype(np.float32) / np.float32(257.0)).astype(np.uint8)  # 65535 / 255 = 257
+
+
+def decode_panorama(data: bytes, suffix: str) -> np.ndarray:
+    """Decode an encoded panorama (see `decode_samples`) to (H,W,3) float32 RGB in [0,1], W = 2H."""
+    return unit_rgb(decode_samples(data, suffix))
+
+
+def read_samples(source: str) -> np.ndarray:
+    """Read and decode a panorama from a local path or fsspec URL to its samples (see
+    `decode_samples`).
 
     Raises:
         ImageError: the file is missing, unreadable or not a usable panorama.
@@ -106,7 +136,17 @@ def read_panorama(source: str) -> np.ndarray:
             data = f.read()
     except (OSError, ValueError) as err:
         raise ImageError(f"cannot read: {err.__class__.__name__}: {err}".splitlines()[0]) from err
-    return decode_panorama(data, os.path.splitext(source)[1].lower())
+    return decode_samples(data, os.path.splitext(source)[1].lower())
+
+
+def read_panorama(source: str) -> np.ndarray:
+    """Read and decode a panorama from a local path or fsspec URL to (H,W,3) float32 RGB in
+    [0,1], W = 2H (see `decode_samples`).
+
+    Raises:
+        ImageError: the file is missing, unreadable or not a usable panorama.
+    """
+    return unit_rgb(read_samples(source))
 
 
 def resize_erp(image: np.ndarray, height: int) -> np.ndarray:
@@ -168,18 +208,18 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     Args:
         batch: "index" (K,) int, "pano_id" (K,) str, "source" (K,) str.
     Returns:
-        the batch plus "image": K arrays (H,W,3) float32 RGB in [0,1], ERP (an empty
-        (0,0,3) array when decoding failed), "error": (K,) str, "" when it worked, and
+        the batch plus "image": K arrays (H,W,3) uint8 or uint16 RGB samples, ERP (see
+        `decode_samples`; an empty (0,0,3) uint8 array when decoding failed), "error": (K,) str, "" when it worked, and
         "t_decode": (K,) float seconds.
     """
     images, errors, seconds = [], [], []
     for source in batch["source"]:
         start = time.perf_counter()
         try:
-            images.append(read_panorama(str(source)))
+            images.append(read_samples(str(source)))
             errors.append("")
         except ImageError as err:
-            images.append(np.zeros((0, 0, 3), np.float32))
+            images.append(np.zeros((0, 0, 3), np.uint8))
             errors.append(str(err))
         seconds.append(time.perf_counter() - start)
     return {**batch, "image": images, "error": np.array(errors, dtype=object), "t_decode": np.array(seconds)}

@@ -32,12 +32,12 @@ from torch import Tensor
 
 from pipeline.config import LabelConfig
 from pipeline.fusion import FusedLabels, FusionGeometry, PanoramaFusion
-from pipeline.images import resize_erp
+from pipeline.images import resize_erp, rgb8, sample_scale
 from pipeline.quality import SeamGeometry, fused_figures
 from pipeline.teachers.base import Prediction, TeacherCameras, TeacherError
 from pipeline.teachers.registry import ResolvedTeacher, load_teacher
 from spherical.ade20k import IGNORE_ID
-from spherical.sampling import erp_to_patches, patch_sampling_grid
+from spherical.sampling import pad_samples, patch_sampling_grid, patches_from_padded
 from storage.labelstore import LabelStore, StoreSpec
 
 STAGES = ("decode", "sample", "teacher", "fuse", "figures", "write")
@@ -93,7 +93,8 @@ class PanoramaLabeler:
         # Everything that depends only on the layout and the sizes, once per worker.
         self.geometry = FusionGeometry.build(cameras, config.erp_height, config.fusion)
         self.seams = SeamGeometry.from_mapping(self.geometry.mapping)
-        self._sampling: tuple[int, Tensor] | None = None  # (panorama height, its patch sampling grid)
+        # (panorama height, its patch sampling grid, its padded image's buffer), kept from call to call
+        self._sampling: tuple[int, Tensor, Tensor] | None = None
         self._patches: Tensor | None = None  # see `_patch_buffer`
         depth = teachers.get("depth")
         self.depth_kind = depth.depth_kind if depth is not None else None
@@ -148,14 +149,17 @@ class PanoramaLabeler:
         return self._patches[: panoramas * P]
 
     def _sample(self, pano: _Panorama, out: Tensor) -> Tensor:
-        """(P,3,h,w) float32 RGB patches of a panorama, on the device, written into `out`."""
+        """(P,3,h,w) float32 RGB patches in [0,1] of a panorama, on the device, written into `out`."""
         # Arrays from Ray's object store are read-only, and torch wants to own writable memory.
         array = pano.image if pano.image.flags.writeable else pano.image.copy()
-        image = torch.from_numpy(array).to(self.device).permute(2, 0, 1)[None]  # (H,W,3) -> (1,3,H,W)
-        height = image.shape[2]
+        samples = torch.from_numpy(array).to(self.device)  # (H,W,3) uint8 or uint16
+        height = samples.shape[0]
         if self._sampling is None or self._sampling[0] != height:  # panoramas of a data set share a size
-            self._sampling = (height, patch_sampling_grid(self.cameras, height))
-        patches = erp_to_patches(image, self.cameras, grid=self._sampling[1], out=out[None])[0]  # (P,3,h,w)
+            padded = torch.empty(1, 3, height + 2, 2 * height + 2, device=self.device)
+            self._sampling = (height, patch_sampling_grid(self.cameras, height), padded)
+        _, grid, padded = self._sampling
+        pad_samples(samples, sample_scale(array), out=padded)
+        patches = patches_from_padded(padded, self.cameras, grid=grid, out=out[None])[0]  # (P,3,h,w)
         if self.config.keep_patches:
             rgb = (patches.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
             pano.kept["patches/rgb"] = rgb
@@ -232,8 +236,8 @@ class PanoramaLabeler:
     def _arrays(self, pano: _Panorama, labels: FusedLabels) -> dict[str, Tensor]:
         """The store's arrays of one panorama, in the store's dtypes, on the device."""
         H = self.spec.erp_height
-        rgb = torch.from_numpy(resize_erp(pano.image, H)).to(self.device)
-        out = {"rgb": (rgb * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(2, 0, 1)}  # (H,W,3) -> (3,H,W)
+        rgb = torch.from_numpy(rgb8(resize_erp(pano.image, H))).to(self.device)
+        out = {"rgb": rgb.permute(2, 0, 1)}  # (H,W,3) -> (3,H,W)
         if labels.depth is not None:
             out["depth"] = labels.depth.half()
             out["depth_confidence"] = labels.depth_confidence.half()

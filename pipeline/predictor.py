@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.config import RunOptions
-from pipeline.images import resize_erp
+from pipeline.images import resize_erp, unit_rgb
 from pipeline.quality import array_figures
 from pipeline.run import RunSummary, UsageError, run_store
 from spherical.ade20k import IGNORE_ID
@@ -88,7 +88,7 @@ class PanoramaPredictor:
         seconds = [{"decode": float(t), "predict": 0.0, "write": 0.0} for t in batch["t_decode"]]
         live = [k for k in range(K) if not errors[k]]
         H = self.spec.erp_height
-        images = {k: resize_erp(np.asarray(batch["image"][k]), H) for k in live}
+        images = {k: resize_erp(unit_rgb(np.asarray(batch["image"][k])), H) for k in live}
         outputs: dict[int, dict[str, np.ndarray]] = {}
         if live:
             began = time.perf_counter()

@@ -36,8 +36,37 @@ def pad_erp(erp: Tensor) -> Tensor:
     # One allocation filled in place: the padded copy of a large ERP is tens of MB.
     padded = erp.new_empty(*lead, H + 2, W + 2)
     padded[..., 1:-1, 1:-1] = erp
-    padded[..., 0, 1:-1] = torch.roll(erp[..., 0, :], W // 2, dims=-1)  # across the north pole
-    padded[..., -1, 1:-1] = torch.roll(erp[..., -1, :], W // 2, dims=-1)  # across the south pole
+    return _fill_border(padded)
+
+
+def pad_samples(samples: Tensor, scale: float, out: Tensor | None = None) -> Tensor:
+    """Pad an image's integer samples as `pad_erp` does, converted to [0,1] on the way (one
+    pass over the image instead of a float copy, its padded copy and their allocations).
+
+    Args:
+        samples: (H,W,C) uint8 or uint16 ERP samples, channels last as decoded, W = 2H.
+        scale: the sample value of 1.0 (255 for uint8, 65535 for uint16).
+        out: optional (1,C,H+2,W+2) float32 buffer on the samples' device to write into (a
+            caller's, reused from image to image: a fresh one is tens of MB of page faults).
+    Returns:
+        (1,C,H+2,W+2) float32 in [0,1], samples / scale exactly (`out` when given).
+    """
+    H, W, C = samples.shape
+    if erp_width(H) != W:
+        raise ValueError(f"ERP images must be 2:1, got {H}x{W}")
+    if out is None:
+        out = torch.empty(1, C, H + 2, W + 2, device=samples.device)
+    elif out.shape != (1, C, H + 2, W + 2) or out.dtype != torch.float32:
+        raise ValueError(f"out must be (1, {C}, {H + 2}, {W + 2}) float32, got {tuple(out.shape)} {out.dtype}")
+    torch.div(samples.permute(2, 0, 1), scale, out=out[0, :, 1:-1, 1:-1])  # (H,W,C) -> (C,H,W)
+    return _fill_border(out)
+
+
+def _fill_border(padded: Tensor) -> Tensor:
+    """Write the one-pixel border of (..., H+2, W+2) padded ERPs from their interior (see `pad_erp`)."""
+    W = padded.shape[-1] - 2
+    padded[..., 0, 1:-1] = torch.roll(padded[..., 1, 1:-1], W // 2, dims=-1)  # across the north pole
+    padded[..., -1, 1:-1] = torch.roll(padded[..., -2, 1:-1], W // 2, dims=-1)  # across the south pole
     padded[..., 0] = padded[..., -2]  # longitude wraps, pole rows included
     padded[..., -1] = padded[..., 1]
     return padded
@@ -114,19 +143,46 @@ def erp_to_patches(
     is_float = erp.is_floating_point()
     if not is_float and mode != "nearest":
         raise ValueError("integer label maps can only be sampled with mode='nearest'")
-    B, C, H, _ = erp.shape
-    N, h, w = len(cameras), cameras.height, cameras.width
+    if out is not None and (out.dtype != erp.dtype or not is_float):
+        raise ValueError("out must be of a float32 or float64 erp's dtype")
     # Coordinates and interpolation in float32 at least: half precision cannot address
     # pixels of a 2048-wide ERP exactly.
     work_dtype = torch.float64 if erp.dtype == torch.float64 else torch.float32
-    cameras = cameras.to(device=erp.device, dtype=work_dtype)
-    padded = pad_erp(erp.to(work_dtype))  # (B,C,H+2,W+2)
+    out = patches_from_padded(pad_erp(erp.to(work_dtype)), cameras, grid=grid, out=out, mode=mode)
+    if is_float:
+        return out.to(erp.dtype)
+    return out.round_().to(erp.dtype)
+
+
+def patches_from_padded(
+    padded: Tensor,
+    cameras: PatchCameras,
+    *,
+    grid: Tensor | None = None,
+    out: Tensor | None = None,
+    mode: SampleMode = "bilinear",
+) -> Tensor:
+    """Sample perspective patches from padded ERP images (`pad_erp`, `pad_samples`).
+
+    Args:
+        padded: (B,C,H+2,W+2) float32 or float64 padded ERP images, W = 2H.
+        cameras, grid, mode: as for `erp_to_patches`.
+        out: optional (B,N,C,h,w) tensor of `padded`'s dtype to write the patches into.
+    Returns:
+        (B,N,C,h,w) patches in `padded`'s dtype, on its device (`out` when given).
+    """
+    B, C, H, _ = padded.shape
+    H -= 2
+    N, h, w = len(cameras), cameras.height, cameras.width
+    work_dtype = padded.dtype
+    assert work_dtype in (torch.float32, torch.float64), f"padded ERPs are float32 or float64, got {work_dtype}"
+    cameras = cameras.to(device=padded.device, dtype=work_dtype)
     # The B images become channels of one input, so that one grid serves all of them.
-    padded = padded.reshape(1, B * C, H + 2, padded.shape[-1])  # (1,B*C,H+2,W+2)
+    padded = padded.reshape(1, B * C, H + 2, padded.shape[-1])  # (B,C,H+2,W+2) -> (1,B*C,H+2,W+2)
     if out is None:
-        out = torch.empty(B, N, C, h, w, dtype=work_dtype, device=erp.device)
-    elif out.shape != (B, N, C, h, w) or out.dtype != erp.dtype or erp.dtype != work_dtype:
-        raise ValueError(f"out must be ({B}, {N}, {C}, {h}, {w}) of a float32 or float64 erp's dtype")
+        out = torch.empty(B, N, C, h, w, dtype=work_dtype, device=padded.device)
+    elif out.shape != (B, N, C, h, w) or out.dtype != work_dtype:
+        raise ValueError(f"out must be ({B}, {N}, {C}, {h}, {w}) {work_dtype}, got {tuple(out.shape)} {out.dtype}")
     # Several patches per call, as batch rows of one expanded (not copied) input: the CPU
     # kernel parallelises over batch rows only, so a call takes a multiple of the thread count.
     threads = torch.get_num_threads()
@@ -135,12 +191,10 @@ def erp_to_patches(
         chunk = cameras[start : start + step]
         sampled = F.grid_sample(
             padded.expand(len(chunk), -1, -1, -1),
-            _patch_grid(chunk, H) if grid is None else grid[start : start + step].to(erp.device, work_dtype),
+            _patch_grid(chunk, H) if grid is None else grid[start : start + step].to(padded.device, work_dtype),
             mode=mode,
             padding_mode="border",
             align_corners=False,
         )  # (k,B*C,h,w)
         out[:, start : start + len(chunk)] = sampled.unflatten(1, (B, C)).transpose(0, 1)  # (B,k,C,h,w)
-    if is_float:
-        return out.to(erp.dtype)
-    return out.round_().to(erp.dtype)
+    return out

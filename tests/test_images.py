@@ -11,7 +11,16 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.images import ImageError, decode_panorama, find_panoramas, read_panorama
+from pipeline.images import (
+    ImageError,
+    decode_batch,
+    decode_panorama,
+    decode_samples,
+    find_panoramas,
+    read_panorama,
+    rgb8,
+    unit_rgb,
+)
 
 H, W = 32, 64
 
@@ -136,6 +145,29 @@ def test_gray_alpha_and_palette_png(tmp_path: Path) -> None:
     plte += struct.pack(">I", zlib.crc32(b"PLTE" + palette.tobytes()))
     out = read_panorama(_write(tmp_path / "palette.png", _png(index, W, H, 8, 3, plte)))
     assert np.array_equal(out * 255.0, palette[index].astype(np.float32))
+
+
+def test_samples_are_kept_as_stored(tmp_path: Path) -> None:
+    """What a labelling worker gets: the file's samples (uint8 or uint16), not floats; 8-bit
+    panoramas resized to 2:1 are resized in 16 bits. `unit_rgb` and `rgb8` convert them."""
+    rgb = _blocks()
+    samples = decode_samples(_encode(".png", rgb), ".png")
+    assert samples.dtype == np.uint8 and np.array_equal(samples, rgb)
+    assert np.array_equal(unit_rgb(samples), decode_panorama(_encode(".png", rgb), ".png"))
+    rgb16 = np.random.default_rng(3).integers(0, 65536, (H, W, 3), np.uint16)
+    samples16 = decode_samples(_encode(".png", rgb16), ".png")
+    assert samples16.dtype == np.uint16 and np.array_equal(samples16, rgb16)
+    assert np.array_equal(rgb8(samples16), np.round(rgb16 / 257.0).astype(np.uint8))
+    assert rgb8(samples) is samples
+    rows = np.linspace(0, 255, 100).astype(np.uint8)
+    wide = np.repeat(np.repeat(rows[:, None, None], 202, axis=1), 3, axis=2)
+    resized = decode_samples(_encode(".png", wide), ".png")
+    assert resized.dtype == np.uint16 and resized.shape == (100, 200, 3)
+    assert np.array_equal(resized[..., 0], np.repeat(rows[:, None].astype(np.uint16) * 257, 200, axis=1))
+    source = _write(tmp_path / "pano.png", _encode(".png", rgb))
+    batch = decode_batch({"source": np.array([source, str(tmp_path / "missing.png")], dtype=object)})
+    assert batch["image"][0].dtype == np.uint8 and np.array_equal(batch["image"][0], rgb)
+    assert batch["image"][1].shape == (0, 0, 3) and batch["error"][1].startswith("cannot read")
 
 
 @pytest.mark.parametrize(("width", "height"), [(202, 100), (198, 100), (201, 100), (200, 101)])

@@ -11,7 +11,7 @@ from conftest import angle_between, erp_pixel_angle
 from spherical import sampling
 from spherical.camera import PatchCameras
 from spherical.erp import erp_rays, lonlat_to_pixel, ray_to_lonlat
-from spherical.sampling import erp_sampling_grid, erp_to_patches, pad_erp
+from spherical.sampling import erp_sampling_grid, erp_to_patches, pad_erp, pad_samples, patches_from_padded
 
 # Cameras at the seam (yaw 180), at both poles, tilted and rolled, and ordinary ones.
 YAW = [0.0, 180.0, -179.0, 45.0, 120.0, 0.0, -60.0]
@@ -102,6 +102,27 @@ def test_pad_erp_corners_and_batches():
     torch.testing.assert_close(p[..., 0], p[..., -2], rtol=0, atol=0)
     torch.testing.assert_close(p[..., -1], p[..., 1], rtol=0, atol=0)
     torch.testing.assert_close(p[:, :, 0, 0], erp[:, :, 0, 5], rtol=0, atol=0)  # (0, W-1) rolled by W/2
+
+
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.uint8, 255.0), (torch.uint16, 65535.0)])
+def test_pad_samples_is_pad_erp_of_the_unit_image(dtype, scale):
+    """Decoded samples (H,W,3), padded and scaled in one pass, equal `pad_erp` of the float
+    image exactly (values and borders), into a reused buffer; their patches equal
+    `erp_to_patches` of the float image."""
+    H = 16
+    g = torch.Generator().manual_seed(4)
+    samples = torch.randint(0, int(scale) + 1, (H, 2 * H, 3), generator=g, dtype=torch.int32).to(dtype)
+    unit = samples.permute(2, 0, 1)[None].float() / scale  # (H,W,3) -> (1,3,H,W)
+    buffer = torch.full((1, 3, H + 2, 2 * H + 2), math.nan)
+    assert pad_samples(samples, scale, out=buffer) is buffer
+    assert torch.equal(buffer, pad_erp(unit))
+    assert float(buffer.min()) >= 0.0 and float(buffer.max()) <= 1.0
+    cams = PatchCameras.from_ypr(YAW, PITCH, ROLL, fov_x_deg=75.0, height=9, width=11)
+    assert torch.equal(patches_from_padded(buffer, cams), erp_to_patches(unit, cams))
+    with pytest.raises(ValueError, match="out must be"):
+        pad_samples(samples, scale, out=buffer[:, :, 1:])
+    with pytest.raises(ValueError, match="2:1"):
+        pad_samples(samples[:, 1:], scale)
 
 
 def test_sampling_grid_is_the_convention_chain():
