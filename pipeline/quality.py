@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -266,51 +266,57 @@ def pair_steps(task: str, values: Tensor) -> tuple[Tensor, Tensor]:
         vertical pairs (v,u)-(v+1,u).
     """
     if task == "depth":
-        v = values.float()
-        log_v = torch.log(torch.where(torch.isfinite(v) & (v > 0), v, math.nan))
-        return (log_v - log_v.roll(-1, dims=1)).abs(), (log_v[:-1] - log_v[1:]).abs()
+        # log of a value <= 0 or not finite is NaN or infinite: no label, NaN.
+        log_v = torch.log(values.float()).nan_to_num_(nan=math.nan, posinf=math.nan, neginf=math.nan)
+        return _neighbour_differences(log_v, lambda a, b, out: torch.sub(a, b, out=out).abs_())
     if task == "normals":
         n = values.float()
-        n = n / n.square().sum(0, keepdim=True).sqrt()
+        norm = (n[0] * n[0]).addcmul_(n[1], n[1]).addcmul_(n[2], n[2]).sqrt_()  # (H,W)
+        unit = n / norm  # (3,H,W)
 
-        def angle(a: Tensor, b: Tensor) -> Tensor:
-            return torch.rad2deg(torch.acos((a * b).sum(0).clamp(-1.0, 1.0)))
+        def angle(a: Tensor, b: Tensor, out: Tensor) -> Tensor:  # (3,R,C) pairs -> (R,C) degrees
+            dot = torch.mul(a[0], b[0], out=out).addcmul_(a[1], b[1]).addcmul_(a[2], b[2])
+            return dot.clamp_(-1.0, 1.0).acos_().mul_(180.0 / math.pi)
 
-        return angle(n, n.roll(-1, dims=2)), angle(n[:, :-1], n[:, 1:])
+        return _neighbour_differences(unit, angle)
     if task == "semantic":
-        ids = values.long()
-        valid = (ids >= 0) & (ids != IGNORE_ID)
-        change = torch.where(valid, ids, -1)
-
-        def step(a: Tensor, b: Tensor, ok: Tensor) -> Tensor:
-            return torch.where(ok, (a != b).float(), math.nan)
-
-        horizontal = step(change, change.roll(-1, dims=1), valid & valid.roll(-1, dims=1))
-        return horizontal, step(change[:-1], change[1:], valid[:-1] & valid[1:])
+        # As floats (ids below 2^24 are exact), NaN = none: |a - b| of two class ids clamped
+        # to 1 is 1 where the class changes.
+        classes = values.to(torch.float32, copy=True)
+        classes.masked_fill_((classes < 0) | (classes == IGNORE_ID), math.nan)
+        return _neighbour_differences(classes, lambda a, b, out: torch.sub(a, b, out=out).abs_().clamp_(max=1.0))
     raise ValueError(f"unknown task {task!r}")
 
 
-def _row_steps(steps: Tensor, inner: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Steps (R,C) (NaN = not compared) with NaN as 0, which of them are compared (R,C) bool,
-    and the mean step (R,) float64 of each row's compared interior pairs (`inner` (R,C) bool),
-    NaN for rows without any."""
-    ok = ~torch.isnan(steps)
-    value = torch.where(ok, steps, 0.0)
-    inner = inner & ok
-    n_inner = inner.sum(1)  # (R,)
-    mean = torch.where(inner, value, 0.0).sum(1, dtype=torch.float64) / n_inner  # NaN where no interior pair
-    return value, ok, mean
+def _neighbour_differences(values: Tensor, step: Callable[[Tensor, Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """`step(a, b, out)` of the horizontal pairs (v,u)-(v,(u+1) mod W) and of the vertical
+    pairs (v,u)-(v+1,u) of (...,H,W) `values` (the pairs' (...,R,C) values a, b, written into
+    out (R,C)): (H,W) and (H-1,W), without a rolled copy of the map."""
+    H, W = values.shape[-2:]
+    horizontal = values.new_empty(H, W)
+    step(values[..., 1:], values[..., :-1], horizontal[:, :-1])
+    step(values[..., :1], values[..., -1:], horizontal[:, -1:])  # the wrap pairs (v,W-1)-(v,0)
+    vertical = step(values[..., 1:, :], values[..., :-1, :], values.new_empty(H - 1, W))
+    return horizontal, vertical
 
 
-def _pairs_ratio(value: Tensor, ok: Tensor, mean: Tensor, pairs: Tensor) -> tuple[float, float]:
+def _row_means(steps: Tensor, inner: Tensor) -> Tensor:
+    """(R,) float64 mean of the compared (not NaN) steps (R,C) of each row's interior pairs
+    (`inner` (R,C) bool); NaN for rows without any."""
+    kept = torch.where(inner, steps, math.nan)
+    return torch.nansum(kept, 1, dtype=torch.float64) / (kept.shape[1] - torch.isnan(kept).sum(1))
+
+
+def _pairs_ratio(steps: Tensor, mean: Tensor, pairs: Tensor) -> tuple[float, float]:
     """(sum of the compared steps of some pairs, sum of their rows' mean interior steps) over
-    the rows that have interior pairs (see `_row_steps`; value and ok (R,C), mean (R,)).
-    `pairs`: (K,) flat indices r * C + c of the pairs, in raster order. Sums accumulate in
-    float64."""
-    rows = torch.div(pairs, value.shape[1], rounding_mode="floor")
+    the rows that have interior pairs (steps (R,C), NaN = not compared; mean (R,) of
+    `_row_means`). `pairs`: (K,) flat indices r * C + c of the pairs, in raster order. Sums
+    accumulate in float64."""
+    rows = torch.div(pairs, steps.shape[1], rounding_mode="floor")
     row_mean = mean.index_select(0, rows)  # (K,)
-    chosen = ok.view(-1).index_select(0, pairs) & ~torch.isnan(row_mean)
-    observed = torch.where(chosen, value.view(-1).index_select(0, pairs), 0.0).sum(dtype=torch.float64)
+    step = steps.view(-1).index_select(0, pairs)  # (K,)
+    chosen = ~torch.isnan(step) & ~torch.isnan(row_mean)
+    observed = torch.where(chosen, step, 0.0).sum(dtype=torch.float64)
     expected = torch.where(chosen, row_mean, 0.0).sum()
     return float(observed), float(expected)
 
@@ -327,12 +333,12 @@ def seam_figures(task: str, values: Tensor, seams: SeamGeometry) -> dict[str, fl
     is nothing to compare (no border pairs, or an interior that never changes).
     """
     dh, dv = pair_steps(task, values.to(seams.owner.device))
-    horizontal, vertical = _row_steps(dh, seams.inner_h), _row_steps(dv, seams.inner_v)
-    seam_h, expected_h = _pairs_ratio(*horizontal, seams.border_pairs_h)
-    seam_v, expected_v = _pairs_ratio(*vertical, seams.border_pairs_v)
+    mean_h, mean_v = _row_means(dh, seams.inner_h), _row_means(dv, seams.inner_v)
+    seam_h, expected_h = _pairs_ratio(dh, mean_h, seams.border_pairs_h)
+    seam_v, expected_v = _pairs_ratio(dv, mean_v, seams.border_pairs_v)
     H, W = dh.shape
     last = torch.arange(W - 1, H * W, W, device=dh.device)  # the pairs of the last column with the first
-    wrap_sum, wrap_expected = _pairs_ratio(*horizontal, last)
+    wrap_sum, wrap_expected = _pairs_ratio(dh, mean_h, last)
 
     def ratio(observed: float, expected: float) -> float:
         return observed / expected if expected > 0 else math.nan

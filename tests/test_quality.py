@@ -120,6 +120,72 @@ def test_seam_figures_by_hand():
     assert g["semantic_seam_wrap"] == pytest.approx(4.0)
 
 
+def _seam_figures_by_loops(task: str, values: np.ndarray, sets: np.ndarray) -> dict[str, float]:
+    """The seam figures' definition (docs/quality.md) pair by pair, in float64."""
+    H, W = sets.shape
+
+    def step(p: tuple[int, int], q: tuple[int, int]) -> float:
+        if task == "depth":
+            a, b = values[p], values[q]
+            ok = all(np.isfinite(x) and x > 0 for x in (a, b))
+            return abs(math.log(a) - math.log(b)) if ok else math.nan
+        if task == "normals":
+            a, b = values[:, p[0], p[1]], values[:, q[0], q[1]]
+            cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+            return math.nan if math.isnan(cos) else math.degrees(math.acos(min(1.0, max(-1.0, cos))))
+        a, b = values[p], values[q]
+        return float(a != b) if min(a, b) >= 0 and max(a, b) != 255 else math.nan
+
+    sums = {"seam": [0.0, 0.0], "wrap": [0.0, 0.0]}
+    for pairs in (
+        [[((v, u), (v, (u + 1) % W)) for u in range(W)] for v in range(H)],
+        [[((v, u), (v + 1, u)) for u in range(W)] for v in range(H - 1)],
+    ):
+        for row in pairs:
+            kinds = ["inner" if sets[p] == sets[q] else "border" for p, q in row]
+            steps = [step(p, q) for p, q in row]
+            inner = [x for x, k in zip(steps, kinds, strict=True) if k == "inner" and not math.isnan(x)]
+            if not inner:
+                continue
+            mean = sum(inner) / len(inner)
+            for (p, q), x, k in zip(row, steps, kinds, strict=True):
+                if math.isnan(x):
+                    continue
+                if k == "border":
+                    sums["seam"][0] += x
+                    sums["seam"][1] += mean
+                if p[0] == q[0] and q[1] == 0:
+                    sums["wrap"][0] += x
+                    sums["wrap"][1] += mean
+    names = {"seam": f"{task}_seam_error", "wrap": f"{task}_seam_wrap"}
+    return {names[k]: (o / e if e > 0 else math.nan) for k, (o, e) in sums.items()}
+
+
+@pytest.mark.parametrize("task", ["depth", "semantic", "normals"])
+def test_seam_figures_equal_their_definition(task):
+    """Random maps with holes over random patch sets: the vectorised figures equal the
+    definition computed pair by pair."""
+    H, W = 6, 12
+    rng = np.random.default_rng(7)
+    sets = rng.integers(1, 4, (H, W)).repeat(2, axis=1)[:, :W]  # runs of equal sets: inner and border pairs
+    if task == "depth":
+        values = rng.uniform(0.5, 4.0, (H, W)).astype(np.float32)
+        values[rng.random((H, W)) < 0.15] = np.nan
+        values[0, 3], values[2, 5] = 0.0, np.inf  # no labels either
+    elif task == "normals":
+        values = rng.normal(size=(3, H, W)).astype(np.float32)
+        values /= np.linalg.norm(values, axis=0)
+        values[:, rng.random((H, W)) < 0.15] = np.nan
+    else:
+        values = rng.integers(0, 3, (H, W)).astype(np.uint8)
+        values[rng.random((H, W)) < 0.15] = 255
+    seams = SeamGeometry.from_patch_sets(torch.from_numpy(sets), owner=torch.from_numpy(sets) - 1)
+    got = quality.seam_figures(task, torch.from_numpy(values), seams)
+    expected = _seam_figures_by_loops(task, values.astype(np.float64) if task != "semantic" else values, sets)
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert all(math.isfinite(v) for v in got.values())
+
+
 def test_store_layout_is_rebuilt_from_the_spec(tmp_path):
     """Random layouts are recorded as random:N@seed=S with their FoVs; rebuilt, they are the same."""
     from pipeline.config import LabelConfig
