@@ -209,8 +209,8 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch: "index" (K,) int, "pano_id" (K,) str, "source" (K,) str.
     Returns:
         the batch plus "image": K arrays (H,W,3) uint8 or uint16 RGB samples, ERP (see
-        `decode_samples`; an empty (0,0,3) uint8 array when decoding failed), "error": (K,) str, "" when it worked, and
-        "t_decode": (K,) float seconds.
+        `decode_samples`; an empty (0,0,3) uint8 array when decoding failed), "error": (K,)
+        str, "" when it worked, and "t_decode": (K,) float seconds.
     """
     images, errors, seconds = [], [], []
     for source in batch["source"]:
