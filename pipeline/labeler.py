@@ -150,15 +150,18 @@ class PanoramaLabeler:
 
     def _sample(self, pano: _Panorama, out: Tensor) -> Tensor:
         """(P,3,h,w) float32 RGB patches in [0,1] of a panorama, on the device, written into `out`."""
-        # Arrays from Ray's object store are read-only, and torch wants to own writable memory.
-        array = pano.image if pano.image.flags.writeable else pano.image.copy()
-        samples = torch.from_numpy(array).to(self.device)  # (H,W,3) uint8 or uint16
+        array = pano.image
+        if array.dtype == np.uint16:  # torch's uint16 lacks arithmetic kernels on some devices
+            array = array.astype(np.int32)
+        elif not array.flags.writeable:  # arrays from Ray's object store; torch wants writable memory
+            array = array.copy()
+        samples = torch.from_numpy(array).to(self.device)  # (H,W,3) uint8, or int32 holding 16-bit samples
         height = samples.shape[0]
         if self._sampling is None or self._sampling[0] != height:  # panoramas of a data set share a size
             padded = torch.empty(1, 3, height + 2, 2 * height + 2, device=self.device)
             self._sampling = (height, patch_sampling_grid(self.cameras, height), padded)
         _, grid, padded = self._sampling
-        pad_samples(samples, sample_scale(array), out=padded)
+        pad_samples(samples, sample_scale(pano.image), out=padded)
         patches = patches_from_padded(padded, self.cameras, grid=grid, out=out[None])[0]  # (P,3,h,w)
         if self.config.keep_patches:
             rgb = (patches.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()

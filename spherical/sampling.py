@@ -44,8 +44,9 @@ def pad_samples(samples: Tensor, scale: float, out: Tensor | None = None) -> Ten
     pass over the image instead of a float copy, its padded copy and their allocations).
 
     Args:
-        samples: (H,W,C) uint8 or uint16 ERP samples, channels last as decoded, W = 2H.
-        scale: the sample value of 1.0 (255 for uint8, 65535 for uint16).
+        samples: (H,W,C) integer ERP samples, channels last as decoded, W = 2H: uint8, or
+            int32 holding 16-bit ones (torch's uint16 lacks arithmetic kernels on some devices).
+        scale: the sample value of 1.0 (255 for 8-bit samples, 65535 for 16-bit ones).
         out: optional (1,C,H+2,W+2) float32 buffer on the samples' device to write into (a
             caller's, reused from image to image: a fresh one is tens of MB of page faults).
     Returns:
@@ -54,6 +55,8 @@ def pad_samples(samples: Tensor, scale: float, out: Tensor | None = None) -> Ten
     H, W, C = samples.shape
     if erp_width(H) != W:
         raise ValueError(f"ERP images must be 2:1, got {H}x{W}")
+    if samples.is_floating_point():
+        raise ValueError(f"samples must be integers, got {samples.dtype}")
     if out is None:
         out = torch.empty(1, C, H + 2, W + 2, device=samples.device)
     elif out.shape != (1, C, H + 2, W + 2) or out.dtype != torch.float32:

@@ -131,6 +131,9 @@ def test_two_workers_hf_teachers_and_bad_inputs(rooms, tmp_path):
     assert store.spec.depth_kind == "metric_range" and len(store.spec.class_names) == 150
     for r in ok:
         assert_valid_labels(store, r["index"])
+    # The 16-bit copy reaches the labeller as 16-bit samples and is stored as the 8-bit original.
+    deep, original = (store.read(rows[p]["index"])["rgb"] for p in ("convert/deep", "good/room_00000"))
+    assert np.array_equal(deep, original)
     assert "9 ok, 4 failed" in run.stderr
 
 

@@ -104,7 +104,7 @@ def test_pad_erp_corners_and_batches():
     torch.testing.assert_close(p[:, :, 0, 0], erp[:, :, 0, 5], rtol=0, atol=0)  # (0, W-1) rolled by W/2
 
 
-@pytest.mark.parametrize(("dtype", "scale"), [(torch.uint8, 255.0), (torch.uint16, 65535.0)])
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.uint8, 255.0), (torch.int32, 65535.0), (torch.uint16, 65535.0)])
 def test_pad_samples_is_pad_erp_of_the_unit_image(dtype, scale):
     """Decoded samples (H,W,3), padded and scaled in one pass, equal `pad_erp` of the float
     image exactly (values and borders), into a reused buffer; their patches equal
@@ -123,6 +123,8 @@ def test_pad_samples_is_pad_erp_of_the_unit_image(dtype, scale):
         pad_samples(samples, scale, out=buffer[:, :, 1:])
     with pytest.raises(ValueError, match="2:1"):
         pad_samples(samples[:, 1:], scale)
+    with pytest.raises(ValueError, match="integers"):
+        pad_samples(unit[0].permute(1, 2, 0), scale)  # (3,H,W) -> (H,W,3) floats
 
 
 def test_sampling_grid_is_the_convention_chain():
