@@ -935,7 +935,7 @@ class PanoramaFusion:
         n_compared, n_differ = torch.stack((compared.sum(), differ.sum())).tolist()
         labels.stats["semantic_disagreement"] = n_differ / n_compared if n_compared else math.nan
         C = self.num_classes
-        hist = torch.bincount(torch.where(has, label.clamp(min=0), C), minlength=C + 1)[:C].double()  # unlabelled: C
+        hist = torch.bincount(label + 1, minlength=C + 1)[1:].double()  # label -1 (no label) counted apart
         labels.stats["semantic_histogram"] = (hist / hist.sum().clamp_min(1)).tolist()
         self._coverage_stats(labels.stats, "semantic", has, conf)
         g.give(sem)
@@ -992,8 +992,10 @@ class PanoramaFusion:
 
     def _coverage_stats(self, stats: dict, task: str, has: Tensor, conf: Tensor) -> None:
         g = self.geometry
+        # count_nonzero: a bool sum converts the whole mask to int64 first.
+        counts = (torch.count_nonzero(has), torch.count_nonzero(g.polar), torch.count_nonzero(has & g.polar))
         labelled, polar, in_polar, conf_sum = torch.stack(
-            (has.sum(), g.polar.sum(), (has & g.polar).sum(), torch.where(has, conf, 0.0).sum().double())
+            (*counts, torch.where(has, conf, 0.0).sum().double())
         ).tolist()  # one sync for the four sums
         stats[f"{task}_coverage"] = labelled / len(has)
         stats[f"{task}_coverage_polar"] = in_polar / polar if polar else math.nan
