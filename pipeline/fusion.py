@@ -151,8 +151,8 @@ class FusionGeometry:
         align: the overlap pairs of the depth alignment (`AlignPairs`).
         count: (H*W,) int64 patches that see each pixel, compact order.
         polar: (H*W,) bool pixels with |latitude| > 60 degrees, compact order.
-        corners: per teacher map resolution (h, w), the (M,) int32 flat index y0 * w + x0 of
-            the map pixel at the top left of each entry's bilinear read (`top_left`).
+        corners: per teacher map resolution (h, w), the (M,) int32 index of the map pixel at
+            the top left of each entry's bilinear read, in the patches' maps (`map_cell`).
         buffers: scratch memory reused from patch to patch (`scratch`).
         spare: per-entry arrays given back by finished panoramas, reused by the next ones
             (`take`, `give`).
@@ -262,14 +262,15 @@ class FusionGeometry:
         for t in tensors:
             self.spare.setdefault((tuple(t.shape), t.dtype), []).append(t)
 
-    def top_left(self, height: int, width: int) -> Tensor:
-        """(M,) int32 flat index y0 * width + x0 of the map pixel at the top left of the four
-        that grid_sample reads each entry from, in maps of (height, width) pixels (mapping
-        order; `spherical.reproject.BilinearCorners`). Computed on first use."""
+    def map_cell(self, height: int, width: int) -> Tensor:
+        """(M,) int32 index n * height * width + y0 * width + x0 of the map pixel at the top
+        left of the four that grid_sample reads each entry from, in the patches' maps of
+        (height, width) pixels one after the other (n the entry's patch; mapping order;
+        `spherical.reproject.BilinearCorners`). Computed on first use."""
         key = (height, width)
         if key not in self.corners:
             corners = BilinearCorners.of_grid(self.grid, height, width)
-            self.corners[key] = corners.y0.int() * width + corners.x0.int()
+            self.corners[key] = self.entry_patch * (height * width) + corners.y0.int() * width + corners.x0.int()
         return self.corners[key]
 
     def to_slots(self, values: Tensor, out: Tensor | None = None) -> Tensor:
@@ -395,7 +396,6 @@ class _SemanticRun:
         first: the first patch; sl: the entries of the b patches.
         bounds: b + 1 ints, the entries of the k-th patch are [bounds[k], bounds[k+1]) from sl.start.
         grid: (M_r,2) the entries' grid_sample points.
-        offset: (M_r,) int32 k * S' for an entry of the run's k-th map (of S' pixels).
         top: (b,S') int32 each map pixel's top class (`_top_class`).
         weight: (M_r,) float32 the entries' weights (border weight x teacher confidence, 0 where
             an entry reads a non-finite value).
@@ -410,7 +410,6 @@ class _SemanticRun:
     sl: slice
     bounds: list[int]
     grid: Tensor
-    offset: Tensor
     top: Tensor
     weight: Tensor
     ok: Tensor | None
@@ -576,8 +575,7 @@ class PanoramaFusion:
         sizes = [stop - begin for begin, stop in itertools.pairwise(bounds)]
         grid = g.grid[sl]
         value, top, bound, finite = _top_class(probs.view(b, C, S), g.scratch((C, S), torch.int32))  # (b,S') each
-        offset = (g.entry_patch[sl] - first).mul_(S)  # (M_r,)
-        cell = g.top_left(h, w)[sl] + offset  # (M_r,) where each entry's bilinear read starts, in the b maps
+        cell = g.map_cell(h, w)[sl] - first * S  # (M_r,) where each entry's bilinear read starts, in the b maps
         shared = _uniform(top.view(b, h, w)).view(-1).index_select(0, cell)  # (M_r,) the shared top class, -1 = none
         weight = g.entry_weights[sl]
         if confidence is not None:
@@ -601,13 +599,18 @@ class PanoramaFusion:
             for points, read in read_points(pair[k], part):
                 out[_PROB:, bounds[k] + points.start : bounds[k] + points.stop] = read
         p_top, u = out[_PROB], out[_BOUND]
-        unsettled = ~((shared >= 0) & (p_top > u))  # NaN compares false: never settled here
+        # An entry that reads only finite values has finite figures; the others (NaN) are not
+        # settled here or listed: they weigh nothing.
+        unsettled = (shared < 0) | (p_top <= u)
         if ok is not None:
             unsettled &= ok
         # A map is needed later if an entry may add something unknown to a class; a map too
         # large to keep is fused exactly at once instead.
-        big = u > _NEGLIGIBLE
-        needed = torch.stack([part.any() for part in big.split(sizes)]).tolist() if self.top_k > 1 else [False] * b
+        needed = [False] * b
+        if self.top_k > 1:  # each map's largest bound; a NaN one (an entry reading a NaN) adds nothing
+            bounds_ok = u if ok is None else torch.where(ok, u, 0.0)
+            largest = [part.amax() if part.numel() else u.new_zeros(()) for part in bounds_ok.split(sizes)]
+            needed = (torch.stack(largest) > _NEGLIGIBLE).tolist()
         exactly = probs[0].numel() * probs.element_size() > _KEEP_MAP_BYTES
         listed = torch.zeros(0, dtype=torch.int64, device=g.device)
         if exactly and any(needed):
@@ -620,7 +623,7 @@ class PanoramaFusion:
             unsettled &= ~whole
         rest = torch.nonzero(unsettled).squeeze(1)
         keep = [n and not exactly for n in needed]
-        return _SemanticRun(first, sl, bounds, grid, offset, top, weight, ok, keep, rest, listed)
+        return _SemanticRun(first, sl, bounds, grid, top, weight, ok, keep, rest, listed)
 
     def _settle(self, run: _SemanticRun, probs: Tensor) -> None:
         """The rest of a run's summary, once `_two_classes` has had its entries: exact top-k
@@ -659,8 +662,8 @@ class PanoramaFusion:
             return
         _, C, h, w = maps.shape
         S = h * w
-        offset = run.offset[rest]  # (R,) k * S' of each entry's map
         entries = run.sl.start + rest  # (R,) entries of the panorama
+        offset = (self.geometry.entry_patch[entries] - run.first) * S  # (R,) k * S' of each entry's map
         flat, bilinear = BilinearCorners.of_grid(run.grid[rest], h, w).read()  # (4,R) each
         corners = (flat + offset).view(-1)  # (4R,) the corners in the b maps
         cls = run.top.view(-1).index_select(0, corners).view(flat.shape)  # (4R,) -> (4,R) their top classes
