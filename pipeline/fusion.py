@@ -886,12 +886,11 @@ class PanoramaFusion:
         has = total > 0
         values, bound = sem[_PROB], sem[_BOUND]  # times the entries' weights
         candidate = layout.reduce_argmax(values, classes)  # (H*W,) the class of the largest value
-        wanted = layout.broadcast(candidate)  # (M,) each entry's pixel's candidate
         # The entries whose class is not their pixel's candidate are few (where patches
         # disagree): what concerns them is done at their positions only, and the rows of
         # `sem` become in place the contributions to the candidate (values) and the rivals
         # (bounds), which differ from them only there.
-        other = torch.nonzero(classes != wanted).squeeze(1)  # (R,) positions, ascending
+        other = torch.nonzero(layout.differs(classes, candidate)).squeeze(1)  # (R,) positions, ascending
         other_bound = bound[other]  # (R,)
         bound[other] = torch.maximum(values[other], other_bound)
         values[other] = 0.0
@@ -900,7 +899,7 @@ class PanoramaFusion:
         if self._seconds:
             entries, second, second_value = (torch.cat(t) for t in zip(*self._seconds, strict=True))
             at = g.layout.position[entries]
-            hit = second.float() == wanted[at]
+            hit = second.float() == candidate[layout.pixels_at(at)]  # the entry's pixel's candidate
             contribution.index_add_(0, at, torch.where(hit, second_value, 0.0))
             rival[at] = torch.where(hit, rival[at], torch.maximum(rival[at], second_value))
             hit_at = at[hit]

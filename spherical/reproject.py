@@ -197,8 +197,7 @@ class SlotLayout:
         for s in range(1, self.slots):
             part, part_labels = values[self.slot(s)], labels[self.slot(s)]
             head, head_labels = best[: len(part)], out[: len(part)]
-            larger = part > head
-            head_labels.copy_(torch.where(larger, part_labels, head_labels))
+            torch.where(part > head, part_labels, head_labels, out=head_labels)
             torch.maximum(head, part, out=head)
         return out
 
@@ -221,6 +220,15 @@ class SlotLayout:
     def broadcast(self, pixel_values: Tensor) -> Tensor:
         """Per-pixel values (..., H*W) in compact order -> (..., M) the value of each slot's pixel."""
         return torch.cat([pixel_values[..., : self.starts[s + 1] - self.starts[s]] for s in range(self.slots)], -1)
+
+    def differs(self, values: Tensor, pixel_values: Tensor) -> Tensor:
+        """(M,) bool `values` (M,) != `broadcast(pixel_values)` ((H*W,) compact order), slot by
+        slot, without the broadcast copy."""
+        out = torch.empty(values.shape, dtype=torch.bool, device=values.device)
+        for s in range(self.slots):
+            part = self.slot(s)
+            torch.ne(values[part], pixel_values[: part.stop - part.start], out=out[part])
+        return out
 
     def pairs(self, max_pairs: int) -> Tensor:
         """Positions (K,2) of an even subsample of the pairs of entries that see the same pixel.

@@ -237,6 +237,12 @@ def test_slots_reduce_as_a_scatter_and_pair_as_listed():
     torch.testing.assert_close(layout.to_raster(layout.reduce(placed, "amax")), highest)
     pixel_values = torch.rand(len(layout.rank), dtype=torch.float64)  # raster order
     assert torch.equal(layout.broadcast(pixel_values[layout.order])[layout.position], pixel_values[index])
+    classes = torch.randint(0, 3, (len(index),)).double()  # mapping order
+    pixel_classes = torch.randint(0, 3, (len(layout.rank),)).double()  # raster order
+    differs = layout.differs(classes[layout.entry.long()], pixel_classes[layout.order])  # position order
+    assert (
+        torch.equal(differs[layout.position], classes != pixel_classes[index]) and differs.any() and not differs.all()
+    )
     for max_pairs in (100, 1000, 10**6):
         listed = same_pixel_pairs(index)
         listed = listed[:: max(1, math.ceil(len(listed) / max_pairs))]
