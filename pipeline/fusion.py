@@ -729,11 +729,9 @@ class PanoramaFusion:
                 v = pairs.at(self.depth_value)  # (2,K')
                 valid = torch.isfinite(v) & (v > 0)
                 log_range = torch.log(torch.where(valid, v * pairs.ray_norm, 1.0))  # (2,K')
-                diff, weight, patch = log_range[0] - log_range[1], pairs.weight, pairs.patch
-                usable = valid[0] & valid[1]
-                if not bool(usable.all()):
-                    keep = torch.nonzero(usable).squeeze(1)
-                    diff, weight, patch = diff[keep], weight[keep], patch[:, keep]
+                diff, weight, patch = _usable_pairs(
+                    valid[0] & valid[1], log_range[0] - log_range[1], pairs.weight, pairs.patch
+                )
                 self.alignment = align_log_scales(
                     diff.double(), weight, patch[0], patch[1], g.num_patches, cfg.align_iterations
                 )
@@ -746,10 +744,7 @@ class PanoramaFusion:
             d = pairs.at(self.depth_value).double()  # (2,K')
             inv_n = pairs.ray_norm.double().reciprocal_()  # (2,K')
             usable = torch.isfinite(d).all(0)
-            dn, weight, patch = d.mul_(inv_n), pairs.weight, pairs.patch
-            if not bool(usable.all()):
-                keep = torch.nonzero(usable).squeeze(1)
-                dn, inv_n, weight, patch = dn[:, keep], inv_n[:, keep], weight[keep], patch[:, keep]
+            dn, inv_n, weight, patch = _usable_pairs(usable, d.mul_(inv_n), inv_n, pairs.weight, pairs.patch)
             self.alignment = align_affine_disparity(
                 dn, inv_n, weight, patch[0], patch[1], self._gauge_sums(), g.num_patches, cfg.align_iterations
             )
@@ -1041,6 +1036,15 @@ class PanoramaFusion:
                 self.geometry.give(getattr(self, name))
                 delattr(self, name)
         return labels
+
+
+def _usable_pairs(usable: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+    """The alignment pairs' values (...,K') at the (K',) `usable` pairs only (as they are when
+    every pair is usable)."""
+    if bool(usable.all()):
+        return values
+    keep = torch.nonzero(usable).squeeze(1)
+    return tuple(v[..., keep] for v in values)
 
 
 def _look_up(kept: list[tuple[Tensor, ...]], at: Tensor) -> tuple[Tensor, ...]:
