@@ -311,14 +311,15 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
     """A top class of every map pixel of b maps of (C,S') class probabilities, its value, and
     a bound on every other class's value.
 
-    Two max-reductions over the classes of each map do it: class codes 1..C are written into
-    the low bits of the values (as int32), whose largest then carries its class; the same
-    after knocking that one out gives the runner-up up to those bits, rounded up into a bound.
-    When the runner-up is within those bits of the largest, the class found may not be the
-    largest, but then the bound is at least its value, which the callers read as "not
-    certain". A non-finite value becomes a NaN key (its exponent is all ones and its code is
-    not 0), and the maximum over a pixel with one is NaN. What follows the two passes runs
-    once for the b maps.
+    Two integer max-reductions over the classes of each map do it: each value's bits with the
+    sign and the low bits cleared order the values' magnitudes, class codes 1..C are written
+    into those low bits, and the largest key then carries its class; the same after knocking
+    that one out gives the runner-up's magnitude up to those bits, rounded up into a bound
+    (integer reductions are faster than float ones, which check for NaN). When the runner-up is
+    within those bits of the largest, or the largest magnitude is a negative value's, the class
+    found may not be the largest, but then the bound is at least its value, which the callers
+    read as "not certain". A non-finite value's key (its exponent all ones) is above every
+    finite one's. What follows the two passes runs once for the b maps.
 
     Args:
         volume: (b,C,S') float32, contiguous.
@@ -339,27 +340,28 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
     device = volume.device
     codes = torch.arange(1, C + 1, dtype=torch.int32, device=device)[:, None]  # (C,1)
     pixel = torch.arange(S, dtype=torch.int32, device=device)
-    top_key, runner = torch.empty(2, b, S, device=device)
+    high = _MAGNITUDE & ~mask  # the bits a key keeps of its value
+    top_key, runner = torch.empty(2, b, S, dtype=torch.int32, device=device)
     for k in range(b):
-        key = torch.bitwise_and(volume[k].view(torch.int32), ~mask, out=scratch).bitwise_or_(codes)  # (C,S')
-        torch.amax(key.view(torch.float32), 0, out=top_key[k])
-        if C > 1:  # knocked out, the top leaves the runner-up the largest
-            at = (top_key[k].view(torch.int32) & mask).sub_(1).clamp_(0, C - 1).mul_(S).add_(pixel)
-            key.view(-1).index_fill_(0, at.long(), _NEG_INF_BITS)
-            torch.amax(key.view(torch.float32), 0, out=runner[k])
-    finite = ~torch.isnan(top_key)
-    top = (top_key.view(torch.int32) & mask).sub_(1).clamp_(0, C - 1)  # (b,S')
+        key = torch.bitwise_and(volume[k].view(torch.int32), high, out=scratch).bitwise_or_(codes)  # (C,S')
+        torch.amax(key, 0, out=top_key[k])
+        if C > 1:  # knocked out (0 is below every key), the top leaves the runner-up the largest
+            at = (top_key[k] & mask).sub_(1).mul_(S).add_(pixel)
+            key.view(-1).index_fill_(0, at.long(), 0)
+            torch.amax(key, 0, out=runner[k])
+    finite = top_key < _NONFINITE_KEY
+    top = (top_key & mask).sub_(1)  # (b,S')
     first = torch.arange(b, device=device)[:, None] * (C * S)  # (b,1) each map's first value
     value = volume.view(-1).index_select(0, (top.long() * S + pixel + first).view(-1)).view(b, S)  # (b*S',) -> (b,S')
     if C == 1:
         return value, top, torch.zeros_like(value), finite
-    runner_bits = runner.view(torch.int32)
-    # Up to the class bits: upwards is setting them for positive values, clearing them for negative ones.
-    bound = torch.where(runner >= 0, runner_bits | mask, runner_bits & ~mask).view(torch.float32)
+    # Up to the class bits: setting them rounds the runner-up's magnitude up.
+    bound = (runner | mask).view(torch.float32)
     return value, top, bound, finite
 
 
-_NEG_INF_BITS = -(1 << 23)  # 0xFF800000: -inf as int32
+_MAGNITUDE = 0x7FFFFFFF  # a float32's bits but the sign
+_NONFINITE_KEY = 0x7F800000  # exponent all ones: infinities and NaN
 
 # Rows of `PanoramaFusion.sem`.
 _CLASS, _PROB, _BOUND = range(3)
