@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -238,6 +239,10 @@ class LabelStore:
         self.spec = StoreSpec.from_json(group.attrs["spec"])
         # Array handles for writing, opened once: opening one reads its metadata from the store.
         self._writers: dict[str, zarr.Array] = {}
+        # Threads that write a panorama's arrays side by side, made on the first write: zarr's
+        # cost per array is mostly Python, which one array's compression (GIL released)
+        # overlaps (a 512x1024 panorama of three tasks: 58 ms -> 41 ms on 2 cores).
+        self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -334,12 +339,18 @@ class LabelStore:
         for name, value in arrays.items():  # every shape is checked before anything is written
             if value.shape != specs[name].shape:
                 raise StoreError(f"{name}: expected shape {specs[name].shape}, got {value.shape}")
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(len(specs), thread_name_prefix="mtpano-store")
+        writes = []
         for name, value in arrays.items():
             # Written even when equal to the fill value (an all-black RGB, a task with no
             # label), so that a missing shard always means damage.
             if name not in self._writers:
                 self._writers[name] = self.group[name].with_config({"write_empty_chunks": True})
-            self._writers[name][index] = value.astype(specs[name].dtype, copy=False)
+            writes.append(self._pool.submit(_write_shard, self._writers[name], index, value, specs[name].dtype))
+        wait(writes)  # every write has ended before an error is raised
+        for write in writes:
+            write.result()
 
     def commit(self, index: int, row: Mapping[str, Any]) -> None:
         """Mark panorama `index` done (`ok`) with its row; its arrays must be written."""
@@ -409,6 +420,11 @@ class LabelStore:
         """Arrays of panorama `index` (all of the store's, or `names`)."""
         names = [a.name for a in array_specs(self.spec)] if names is None else list(names)
         return {name: self.group[name][index] for name in names}
+
+
+def _write_shard(array: zarr.Array, index: int, value: np.ndarray, dtype: str) -> None:
+    """Write panorama `index` of `array` (one whole shard) from `value`, cast to the array's dtype."""
+    array[index] = value.astype(dtype, copy=False)
 
 
 def _zarr_location(url: str) -> str:

@@ -256,6 +256,21 @@ def test_a_panorama_is_done_only_after_commit(tmp_path: Path) -> None:
     assert _by_index(LabelStore.open(url))[1]["status"] == "pending"
 
 
+def test_a_failed_array_write_raises_once_every_write_ended_and_commits_nothing(tmp_path: Path) -> None:
+    spec = _spec()
+    url = str(tmp_path / "store")
+    store = LabelStore.create(url, spec, _entries(1), {})
+    (tmp_path / "store" / "depth" / "c").write_text("in the way")  # depth's shard cannot be made
+    written = _arrays(spec, seed=2)
+    with pytest.raises(OSError):
+        store.write_panorama(0, written, _row(_entries(1)[0]))
+    assert [r["status"] for r in LabelStore.open(url).rows()] == ["pending"]
+    # The arrays written beside it have ended, whole, before the error came out.
+    others = [name for name in written if name != "depth"]
+    for name, value in LabelStore.open(url).read(0, others).items():
+        assert np.array_equal(value, written[name], equal_nan=True), name
+
+
 def test_write_failure_records_a_failed_row(tmp_path: Path) -> None:
     url = str(tmp_path / "store")
     store = LabelStore.create(url, _spec(), _entries(3), {})
