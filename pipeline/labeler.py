@@ -37,7 +37,7 @@ from pipeline.quality import SeamGeometry, fused_figures
 from pipeline.teachers.base import Prediction, TeacherCameras, TeacherError
 from pipeline.teachers.registry import ResolvedTeacher, load_teacher
 from spherical.ade20k import IGNORE_ID
-from spherical.sampling import pad_samples, patch_sampling_grid, patches_from_padded
+from spherical.sampling import pad_samples, padded_buffer, patch_sampling_grid, patches_from_padded
 from storage.labelstore import LabelStore, StoreSpec
 
 STAGES = ("decode", "sample", "teacher", "fuse", "figures", "write")
@@ -158,7 +158,7 @@ class PanoramaLabeler:
         samples = torch.from_numpy(array).to(self.device)  # (H,W,3) uint8, or int32 holding 16-bit samples
         height = samples.shape[0]
         if self._sampling is None or self._sampling[0] != height:  # panoramas of a data set share a size
-            padded = torch.empty(1, 3, height + 2, 2 * height + 2, device=self.device)
+            padded = padded_buffer(height, 3, self.device)
             self._sampling = (height, patch_sampling_grid(self.cameras, height), padded)
         _, grid, padded = self._sampling
         pad_samples(samples, sample_scale(pano.image), out=padded)

@@ -48,7 +48,8 @@ def pad_samples(samples: Tensor, scale: float, out: Tensor | None = None) -> Ten
             int32 holding 16-bit ones (torch's uint16 lacks arithmetic kernels on some devices).
         scale: the sample value of 1.0 (255 for 8-bit samples, 65535 for 16-bit ones).
         out: optional (1,C,H+2,W+2) float32 buffer on the samples' device to write into (a
-            caller's, reused from image to image: a fresh one is tens of MB of page faults).
+            caller's, reused from image to image: a fresh one is tens of MB of page faults),
+            best in channels-last memory (`padded_buffer`).
     Returns:
         (1,C,H+2,W+2) float32 in [0,1], samples / scale exactly (`out` when given).
     """
@@ -58,11 +59,20 @@ def pad_samples(samples: Tensor, scale: float, out: Tensor | None = None) -> Ten
     if samples.is_floating_point():
         raise ValueError(f"samples must be integers, got {samples.dtype}")
     if out is None:
-        out = torch.empty(1, C, H + 2, W + 2, device=samples.device)
+        out = padded_buffer(H, C, samples.device)
     elif out.shape != (1, C, H + 2, W + 2) or out.dtype != torch.float32:
         raise ValueError(f"out must be (1, {C}, {H + 2}, {W + 2}) float32, got {tuple(out.shape)} {out.dtype}")
     torch.div(samples.permute(2, 0, 1), scale, out=out[0, :, 1:-1, 1:-1])  # (H,W,C) -> (C,H,W)
     return _fill_border(out)
+
+
+def padded_buffer(erp_height: int, channels: int, device: torch.device | str = "cpu") -> Tensor:
+    """An empty (1,C,H+2,W+2) float32 padded ERP in channels-last memory, for `pad_samples`:
+    the decoded samples' channels are interleaved too, so converting them reads and writes in
+    order, and `grid_sample` reads it as fast as planar memory (a 2048x1024 panorama's 20
+    patches of 518 x 518: 44 ms -> 37 ms to pad and sample, 2 threads)."""
+    H = erp_height
+    return torch.empty(1, channels, H + 2, erp_width(H) + 2, device=device, memory_format=torch.channels_last)
 
 
 def _fill_border(padded: Tensor) -> Tensor:

@@ -11,7 +11,14 @@ from conftest import angle_between, erp_pixel_angle
 from spherical import sampling
 from spherical.camera import PatchCameras
 from spherical.erp import erp_rays, lonlat_to_pixel, ray_to_lonlat
-from spherical.sampling import erp_sampling_grid, erp_to_patches, pad_erp, pad_samples, patches_from_padded
+from spherical.sampling import (
+    erp_sampling_grid,
+    erp_to_patches,
+    pad_erp,
+    pad_samples,
+    padded_buffer,
+    patches_from_padded,
+)
 
 # Cameras at the seam (yaw 180), at both poles, tilted and rolled, and ordinary ones.
 YAW = [0.0, 180.0, -179.0, 45.0, 120.0, 0.0, -60.0]
@@ -113,12 +120,14 @@ def test_pad_samples_is_pad_erp_of_the_unit_image(dtype, scale):
     g = torch.Generator().manual_seed(4)
     samples = torch.randint(0, int(scale) + 1, (H, 2 * H, 3), generator=g, dtype=torch.int32).to(dtype)
     unit = samples.permute(2, 0, 1)[None].float() / scale  # (H,W,3) -> (1,3,H,W)
-    buffer = torch.full((1, 3, H + 2, 2 * H + 2), math.nan)
-    assert pad_samples(samples, scale, out=buffer) is buffer
-    assert torch.equal(buffer, pad_erp(unit))
-    assert float(buffer.min()) >= 0.0 and float(buffer.max()) <= 1.0
     cams = PatchCameras.from_ypr(YAW, PITCH, ROLL, fov_x_deg=75.0, height=9, width=11)
-    assert torch.equal(patches_from_padded(buffer, cams), erp_to_patches(unit, cams))
+    # Planar or channels-last memory (the default, `padded_buffer`): the same values.
+    for buffer in (torch.full((1, 3, H + 2, 2 * H + 2), math.nan), padded_buffer(H, 3).fill_(math.nan)):
+        assert pad_samples(samples, scale, out=buffer) is buffer
+        assert torch.equal(buffer, pad_erp(unit))
+        assert float(buffer.min()) >= 0.0 and float(buffer.max()) <= 1.0
+        assert torch.equal(patches_from_padded(buffer, cams), erp_to_patches(unit, cams))
+    assert pad_samples(samples, scale).is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="out must be"):
         pad_samples(samples, scale, out=buffer[:, :, 1:])
     with pytest.raises(ValueError, match="2:1"):
