@@ -172,6 +172,6 @@ def align_affine_disparity(
     for _ in range(iterations + 1):
         A = normal_equations(weights * robust)
         theta = _solve_constrained(A, torch.zeros(2 * P, dtype=torch.float64, device=device), c, target)
-        res = sum(v * theta.index_select(0, c) for v, c in zip(vals, cols, strict=True))  # (K,)
+        res = sum(v * theta.index_select(0, col) for v, col in zip(vals, cols, strict=True))  # (K,)
         robust = _robust_weights(res)
     return Alignment(theta[:P], theta[P:], _rms(res, weights * robust), residual_before, len(a))

@@ -931,7 +931,7 @@ class PanoramaFusion:
             compared = layout.reduce(classes >= 0) >= 2
             differ[layout.pixels_at(other[classes[other] >= 0])] = True
         differ &= compared
-        n_compared, n_differ = torch.stack((compared.sum(), differ.sum())).tolist()
+        n_compared, n_differ = torch.stack((torch.count_nonzero(compared), torch.count_nonzero(differ))).tolist()
         labels.stats["semantic_disagreement"] = n_differ / n_compared if n_compared else math.nan
         C = self.num_classes
         hist = torch.bincount(label + 1, minlength=C + 1)[1:].double()  # label -1 (no label) counted apart
