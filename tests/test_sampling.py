@@ -113,9 +113,9 @@ def test_pad_erp_corners_and_batches():
 
 @pytest.mark.parametrize(("dtype", "scale"), [(torch.uint8, 255.0), (torch.int32, 65535.0), (torch.uint16, 65535.0)])
 def test_pad_samples_is_pad_erp_of_the_unit_image(dtype, scale):
-    """Decoded samples (H,W,3), padded and scaled in one pass, equal `pad_erp` of the float
-    image exactly (values and borders), into a reused buffer; their patches equal
-    `erp_to_patches` of the float image."""
+    """Decoded samples (H,W,3), padded and scaled into a reused buffer, equal `pad_erp` of the
+    float image exactly (values and borders); their patches equal `erp_to_patches` of the float
+    image."""
     H = 16
     g = torch.Generator().manual_seed(4)
     samples = torch.randint(0, int(scale) + 1, (H, 2 * H, 3), generator=g, dtype=torch.int32).to(dtype)
