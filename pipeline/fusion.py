@@ -623,7 +623,7 @@ class PanoramaFusion:
                 whole &= ok
             listed = torch.nonzero(whole).squeeze(1)
             unsettled &= ~whole
-        rest = torch.nonzero(unsettled).squeeze(1)
+        rest = _positions(unsettled)
         keep = [n and not exactly for n in needed]
         return _SemanticRun(first, sl, bounds, grid, top, weight, ok, keep, rest, listed)
 
@@ -887,7 +887,7 @@ class PanoramaFusion:
         # disagree): what concerns them is done at their positions only, and the rows of
         # `sem` become in place the contributions to the candidate (values) and the rivals
         # (bounds), which differ from them only there.
-        other = torch.nonzero(layout.differs(classes, candidate)).squeeze(1)  # (R,) positions, ascending
+        other = _positions(layout.differs(classes, candidate))  # (R,) positions, ascending
         other_bound = bound[other]  # (R,)
         bound[other] = torch.maximum(values[other], other_bound)
         values[other] = 0.0
@@ -911,7 +911,7 @@ class PanoramaFusion:
         uncertain = fused <= rival
         uncertain[layout.pixels_at(other[unknown])] = True
         label = torch.where(has, candidate, -1.0).long()
-        exact = torch.nonzero(has & uncertain).squeeze(1)
+        exact = _positions(has & uncertain)
         if exact.numel():
             label[exact], fused[exact] = self._summed_exactly(exact, weight)
         self._seconds.clear()
@@ -1038,6 +1038,36 @@ class PanoramaFusion:
                 self.geometry.give(getattr(self, name))
                 delattr(self, name)
         return labels
+
+
+def _positions(mask: Tensor) -> Tensor:
+    """(n,) int64 ascending positions of the True values of a (n,) bool `mask`, as
+    `torch.nonzero(mask).squeeze(1)`.
+
+    torch's CPU nonzero costs about 1.5 ns per mask byte however few are set, which dominates
+    for the sparse masks the fusion turns into positions (entries at class boundaries: 10.8 ms
+    for 7.2M entries with 0.2% set). Here the mask is read as 8-byte words first, and only the
+    words that hold a True are looked into (2.7 ms there); a mask with more than a quarter of
+    its words set goes to torch's nonzero (20% set at random: 34 ms this way, 19 ms torch's).
+    """
+    assert mask.dim() == 1 and mask.dtype == torch.bool, "a (n,) bool mask"
+    n = mask.numel()
+    body = n - n % _WORD
+    whole_words = mask.is_contiguous() and mask.storage_offset() % _WORD == 0  # as int64 views need
+    if mask.device.type != "cpu" or body < _WORD * _WORDS_MIN or not whole_words:
+        return torch.nonzero(mask).squeeze(1)
+    words = torch.nonzero(mask[:body].view(torch.int64)).squeeze(1)  # (k,) the words holding a True
+    if len(words) > body // (4 * _WORD):
+        return torch.nonzero(mask).squeeze(1)
+    row, column = torch.nonzero(mask[:body].view(-1, _WORD).index_select(0, words), as_tuple=True)  # (k,8) bytes
+    out = words[row].mul_(_WORD).add_(column)
+    if body < n:
+        out = torch.cat((out, torch.nonzero(mask[body:]).squeeze(1).add_(body)))
+    return out
+
+
+_WORD = 8  # bytes of an int64 word
+_WORDS_MIN = 4096  # shorter masks take torch's nonzero at once
 
 
 def _usable_pairs(usable: Tensor, *values: Tensor) -> tuple[Tensor, ...]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fusion_reference import reference_fusion, same_pixel_pairs
 
 from pipeline import fusion
-from pipeline.fusion import FusionConfig, FusionGeometry, PanoramaFusion, _top_class
+from pipeline.fusion import FusionConfig, FusionGeometry, PanoramaFusion, _positions, _top_class
 from spherical.layouts import icosahedron_layout
 from spherical.reproject import BilinearCorners, patch_to_erp
 from synthetic.render import render_patches
@@ -225,6 +225,18 @@ def test_top_class_finds_the_top_and_bounds_the_rest():
             torch.testing.assert_close(got[k], expected[0], rtol=0, atol=0, equal_nan=True)
     one, top_one, bound_one, _ = (t[0] for t in _top_class(volume[None, :1].clone()))
     assert torch.equal(one, volume[0]) and not top_one.any() and not bound_one.any()
+
+
+def test_positions_are_nonzeros_of_sparse_dense_and_offset_masks():
+    g = torch.Generator().manual_seed(2)
+    for n in (0, 7, 40_000, 40_003, 100_001):
+        for share in (0.0, 0.0005, 0.02, 0.6, 1.0):
+            mask = torch.rand(n, generator=g) < share
+            mask[n // 2 : n // 2 + 5] = share > 0  # a run across word boundaries
+            for part in (mask, mask[3:], mask[8:]):  # a view whose words are not aligned, and one that is
+                got = _positions(part)
+                assert got.dtype == torch.int64
+                assert torch.equal(got, torch.nonzero(part).squeeze(1)), (n, share, part.storage_offset())
 
 
 def test_slots_reduce_as_a_scatter_and_pair_as_listed():
