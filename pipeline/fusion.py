@@ -933,9 +933,6 @@ class PanoramaFusion:
         differ &= compared
         n_compared, n_differ = torch.stack((torch.count_nonzero(compared), torch.count_nonzero(differ))).tolist()
         labels.stats["semantic_disagreement"] = n_differ / n_compared if n_compared else math.nan
-        C = self.num_classes
-        hist = torch.bincount(label + 1, minlength=C + 1)[1:].double()  # label -1 (no label) counted apart
-        labels.stats["semantic_histogram"] = (hist / hist.sum().clamp_min(1)).tolist()
         self._coverage_stats(labels.stats, "semantic", has, conf)
         g.give(sem)
 
@@ -1013,7 +1010,8 @@ class PanoramaFusion:
         depth across patches over overlap pixels), `depth_scales`, `depth_shifts`;
         normals: `normals_disagreement_deg` (mean angular spread over overlaps); semantic:
         `semantic_disagreement` (share of compared overlap pixels whose patches' classes
-        differ), `semantic_histogram` (share of pixels per class).
+        differ). The share of pixels per class is a figure of the stored labels
+        (`pipeline.quality.fused_figures`).
         """
         labels = FusedLabels()
         tasks = [(0, self.depth_kind is not None), (1, self.has_semantic), (2, self.has_normals)]

@@ -320,7 +320,7 @@ class PanoramaLabeler:
                 arrays = self._arrays(pano, labels)  # in the store's dtypes: part of writing
                 converting = time.perf_counter() - began
                 began = time.perf_counter()
-                row.update(fused_figures(arrays, self.seams))  # on the stored values
+                row.update(fused_figures(arrays, self.seams, len(self.spec.class_names)))  # on the stored values
                 pano.seconds["figures"] = time.perf_counter() - began
                 began = time.perf_counter()
                 self.store.write_arrays(pano.index, {**{k: v.cpu().numpy() for k, v in arrays.items()}, **pano.kept})

@@ -264,7 +264,5 @@ def reference_fusion(
         )
         n_compared = int(compared.sum())
         out["stats"]["semantic_disagreement"] = int(differ.sum()) / n_compared if n_compared else math.nan
-        hist = torch.bincount(label[has], minlength=C).double()
-        out["stats"]["semantic_histogram"] = (hist / hist.sum().clamp_min(1)).tolist()
         coverage("semantic", has, conf)
     return out

@@ -254,6 +254,16 @@ def test_larger_errors_give_larger_ground_truth_errors(ladder):
     assert np.all(worst["depth_gt_absrel"] > 5 * clean["depth_gt_absrel"])
 
 
+def test_semantic_histogram_shares_the_labelled_pixels():
+    semantic = torch.full((4, 8), 255, dtype=torch.uint8)  # none labelled
+    assert quality.semantic_histogram(semantic, 150) == [0.0] * 150
+    semantic.view(-1)[:20] = torch.tensor([0] * 10 + [3] * 5 + [149] * 4 + [7])
+    hist = quality.semantic_histogram(semantic, 150)
+    assert len(hist) == 150 and sum(hist) == pytest.approx(1.0)
+    assert (hist[0], hist[3], hist[7], hist[149]) == (0.5, 0.25, 0.05, 0.2)
+    assert sum(h > 0 for h in hist) == 4
+
+
 def test_manifest_figures_equal_the_recomputed_ones(ladder):
     """Seam figures computed at labelling time on the stored dtypes equal a recomputation from
     the stored arrays; coverage and histogram too; confidence means to float16 rounding."""
