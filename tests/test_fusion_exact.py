@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from fusion_reference import reference_fusion, same_pixel_pairs
 
 from pipeline import fusion
+from pipeline.align import _lower_median
 from pipeline.fusion import FusionConfig, FusionGeometry, PanoramaFusion, _positions, _top_class
 from spherical.layouts import icosahedron_layout
 from spherical.reproject import BilinearCorners, patch_to_erp
@@ -237,6 +238,16 @@ def test_positions_are_nonzeros_of_sparse_dense_and_offset_masks():
                 got = _positions(part)
                 assert got.dtype == torch.int64
                 assert torch.equal(got, torch.nonzero(part).squeeze(1)), (n, share, part.storage_offset())
+
+
+def test_lower_median_is_torch_median():
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 7, 10, 100_000, 99_999):
+        for dtype in (torch.float64, torch.float32):
+            values = torch.randn(n, generator=g, dtype=dtype).abs()
+            values[: n // 3] = values[0]  # ties
+            got = _lower_median(values)
+            assert got.dtype == dtype and torch.equal(got, values.median()), (n, dtype)
 
 
 def test_slots_reduce_as_a_scatter_and_pair_as_listed():
