@@ -208,7 +208,10 @@ def patches_from_padded(
             padded.expand(len(chunk), -1, -1, -1),
             _patch_grid(chunk, H) if grid is None else grid[start : start + step].to(padded.device, work_dtype),
             mode=mode,
-            padding_mode="border",
+            # Every point lies half a pixel inside the padded image's outer pixel centres, so no
+            # read falls outside it and the padding mode changes nothing; "zeros" skips the
+            # clamping (4 patches: 9-15 ms -> 8-12 ms, the same values).
+            padding_mode="zeros",
             align_corners=False,
         )  # (k,B*C,h,w)
         out[:, start : start + len(chunk)] = sampled.unflatten(1, (B, C)).transpose(0, 1)  # (B,k,C,h,w)

@@ -150,6 +150,11 @@ def test_sampling_grid_is_the_convention_chain():
     assert float(torch.minimum(dx, (dx - W).abs()).max()) < 1e-9
     assert float((y_grid - y.flatten(0, 1)).abs().max()) < 1e-9
     assert float((dx - W).abs().min()) < 1e-9  # the seam camera's centre column is at lon = pi
+    # In the padded image's pixels (centres at 0 .. W+1) every point lies half a pixel inside
+    # the outer centres (up to rounding): no bilinear read leaves the image, whatever the
+    # padding mode (`patches_from_padded` uses "zeros").
+    for padded_pixel, size in ((x_grid + 0.5, W + 2), (y_grid + 0.5, H + 2)):
+        assert float(padded_pixel.min()) >= 0.5 - 1e-9 and float(padded_pixel.max()) <= size - 1.5 + 1e-9
 
 
 def test_batches_and_chunks_match_one_plain_grid_sample(monkeypatch):
