@@ -126,6 +126,34 @@ class AlignPairs:
 
 
 @dataclass(frozen=True)
+class PixelWeights:
+    """A task's fusion weights for one panorama, per slot and per pixel.
+
+    Fields:
+        slots: (M,) float32 each slot's border weight times its teacher's confidence, 0 where
+            the teacher gave no valid value; slot order.
+        total: (H*W,) float32 their sum per pixel; compact order, as the rest.
+        teacher: (H*W,) float32 `total` over the sum of the valid slots' border weights (that
+            clamped at 1e-12): the border-weighted mean teacher confidence, 0 where total is 0.
+        count: (H*W,) int valid slots per pixel.
+        has: (H*W,) bool total > 0.
+        multi: (H*W,) bool count >= 2.
+    """
+
+    slots: Tensor
+    total: Tensor
+    teacher: Tensor
+    count: Tensor
+    has: Tensor
+    multi: Tensor
+
+    @classmethod
+    def of(cls, slots: Tensor, total: Tensor, base_sum: Tensor, count: Tensor) -> PixelWeights:
+        teacher = total / base_sum.clamp_min(1e-12)
+        return cls(slots, total, teacher, count, total > 0, count >= 2)
+
+
+@dataclass(frozen=True)
 class FusionGeometry:
     """Layout-dependent fusion state, shared by every panorama (see the module doc).
 
@@ -142,14 +170,15 @@ class FusionGeometry:
         entry_weights: (M,) float32 fusion weights of the entries (the border weights, or
             one-hot per pixel for the "nearest" blend), mapping order.
         entry_patch: (M,) int32 patch of each entry, mapping order.
-        entry_inv_ray_norm: (M,) float32 1/||c|| of each entry's c_z = 1 camera ray, mapping order.
+        entry_ray_norm: (M,) float32 ||c|| of each entry's c_z = 1 camera ray, mapping order.
         weights: (M,) float32 the fusion weights, slot order.
         weight_sum: (H*W,) float32 the fusion weights' sum per pixel, compact order.
-        ray_norm: (M,) float32 ||c|| of each entry's c_z = 1 camera ray, slot order.
         patch: (M,) int32 patch of each entry, slot order (int32 as `SlotLayout.entry`).
         entry: (M,) int32 the mapping-order index of the entry in each slot.
         align: the overlap pairs of the depth alignment (`AlignPairs`).
         count: (H*W,) int64 patches that see each pixel, compact order.
+        full: the weights of a task whose every slot is valid and that has no teacher
+            confidence (the usual case), computed once.
         polar: (H*W,) bool pixels with |latitude| > 60 degrees, compact order.
         corners: per teacher map resolution (h, w), the (M,) int32 index of the map pixel at
             the top left of each entry's bilinear read, in the patches' maps (`map_cell`).
@@ -164,14 +193,14 @@ class FusionGeometry:
     grid: Tensor
     entry_weights: Tensor
     entry_patch: Tensor
-    entry_inv_ray_norm: Tensor
+    entry_ray_norm: Tensor
     weights: Tensor
     weight_sum: Tensor
-    ray_norm: Tensor
     patch: Tensor
     entry: Tensor
     align: AlignPairs
     count: Tensor
+    full: PixelWeights
     polar: Tensor
     corners: dict[tuple[int, int], Tensor] = field(default_factory=dict, compare=False, repr=False)
     buffers: dict[torch.dtype, Tensor] = field(default_factory=dict, compare=False, repr=False)
@@ -201,6 +230,9 @@ class FusionGeometry:
             nearest = off_axis == layout.broadcast(layout.reduce(off_axis.clone(), op="amin"))
             weights = nearest.float()[layout.position]  # slot order -> mapping order
         slot_ray_norm, slot_patch, slot_border = (layout.to_slots(a) for a in (ray_norm, patch, border))
+        slot_weights = layout.to_slots(weights)
+        weight_sum = layout.reduce(slot_weights)
+        count = layout.count[layout.order]
         _, lat = erp_lonlat(erp_height, device=cameras.device)
         polar = (lat.abs() > math.radians(60.0))[:, None].expand(-1, 2 * erp_height).flatten()
         return cls(
@@ -210,16 +242,16 @@ class FusionGeometry:
             grid=grid.float(),
             entry_weights=weights,
             entry_patch=patch.int(),
-            entry_inv_ray_norm=ray_norm.reciprocal(),
-            weights=layout.to_slots(weights),
-            weight_sum=layout.reduce(layout.to_slots(weights)),
-            ray_norm=slot_ray_norm,
+            entry_ray_norm=ray_norm,
+            weights=slot_weights,
+            weight_sum=weight_sum,
             patch=slot_patch.int(),
             entry=layout.entry,
             align=AlignPairs.of_slots(
                 layout.pairs(config.align_max_pairs), layout, slot_ray_norm, slot_patch, slot_border
             ),
-            count=layout.count[layout.order],
+            count=count,
+            full=PixelWeights.of(slot_weights, weight_sum, weight_sum, count),
             polar=polar[layout.order],
         )
 
@@ -757,15 +789,20 @@ class PanoramaFusion:
         count, the sum of d/||c|| and the sum of 1/||c|| (the relative alignment's gauge). In the
         mapping's order, where each patch's entries are one slice."""
         g = self.geometry
-        valid = torch.isfinite(self.depth_value)  # (M,)
-        dn, inv_n = self.depth_value * g.entry_inv_ray_norm, g.entry_inv_ray_norm
-        if not bool(valid.all()):
-            dn.masked_fill_(~valid, 0.0)
-            inv_n = inv_n.masked_fill(~valid, 0.0)
+        inv_n = g.entry_ray_norm.reciprocal()
+        dn = self.depth_value * inv_n
         slices = [g.entries_of(p) for p in range(g.num_patches)]
+        # A sum is finite only if every term is: one reduction tells the usual case.
+        if bool(torch.isfinite(self.depth_value.sum())):
+            counts = [torch.tensor(sl.stop - sl.start, dtype=torch.float64, device=g.device) for sl in slices]
+        else:
+            valid = torch.isfinite(self.depth_value)  # (M,)
+            dn.masked_fill_(~valid, 0.0)
+            inv_n.masked_fill_(~valid, 0.0)
+            counts = [valid[sl].sum().double() for sl in slices]
         sums = [  # float32 terms summed in float64
-            torch.stack((valid[sl].sum().double(), dn[sl].sum(dtype=torch.float64), inv_n[sl].sum(dtype=torch.float64)))
-            for sl in slices
+            torch.stack((count, dn[sl].sum(dtype=torch.float64), inv_n[sl].sum(dtype=torch.float64)))
+            for count, sl in zip(counts, slices, strict=True)
         ]
         return torch.stack(sums, 1)  # (3,P)
 
@@ -782,81 +819,95 @@ class PanoramaFusion:
         inverse = depth * scale + shift  # aligned 1/z
         return torch.where(inverse > 0, 1.0 / inverse, math.nan)
 
-    def _weights(self, valid: Tensor, confidence: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, bool]:
-        """The border weights of the valid slots (base) times the teacher's `confidence` (mapping
-        order; None = 1), and per pixel: the sums of the base and of those weights, the valid
-        count, and whether every slot is valid (then the per-pixel figures are the layout's own)."""
+    def _weights(self, valid: Tensor | None, confidence: Tensor | None) -> PixelWeights:
+        """The weights of a task whose valid slots are `valid` (M,) (None = all) and whose
+        teacher confidence is `confidence` (mapping order; None = 1)."""
         g = self.geometry
-        if bool(valid.all()):
-            base, base_sum, count, all_valid = g.weights, g.weight_sum, g.count, True
+        if valid is None and confidence is None:
+            return g.full
+        layout = g.layout
+        if valid is None:
+            base, base_sum, count = g.weights, g.weight_sum, g.count
         else:
             base = torch.where(valid, g.weights, 0.0)
-            base_sum, count, all_valid = g.layout.reduce(base), g.layout.reduce(valid), False
+            base_sum, count = layout.reduce(base), layout.reduce(valid)
         if confidence is None:
-            return base, base_sum, base_sum, count, all_valid
-        w = g.to_slots(confidence).mul_(base)
-        return w, base_sum, g.layout.reduce(w), count, all_valid
+            return PixelWeights.of(base, base_sum, base_sum, count)
+        slots = g.to_slots(confidence).mul_(base)
+        return PixelWeights.of(slots, layout.reduce(slots), base_sum, count)
 
     def _fused_depth(self, labels: FusedLabels) -> None:
         g, cfg = self.geometry, self.config
         a = self.align_depth()
+        metric = self.depth_kind == METRIC_ZDEPTH
+        # Aligned range (metric) or aligned inverse range (relative), a patch at a time and in
+        # place: in mapping order a patch's entries are one slice, so no per-entry scale is
+        # gathered.
+        raw, ray_norm = self.depth_value, g.entry_ray_norm
+        scales, shifts = a.scale.float().tolist(), a.shift.float().tolist()
+        for n in range(g.num_patches):
+            sl = g.entries_of(n)
+            if metric:
+                raw[sl].mul_(ray_norm[sl]).mul_(scales[n])
+            else:
+                raw[sl].mul_(scales[n]).add_(shifts[n]).div_(ray_norm[sl])
         # In place where the operands are this function's own: at 1024x2048 an (M,) array is
         # 30 MB, and a fresh one costs its page faults.
         M = g.num_entries
-        value = g.to_slots(self.depth_value, out=g.take((M,)))
-        scale = torch.index_select(a.scale.float(), 0, g.patch, out=g.take((M,)))  # (M,)
-        if self.depth_kind == METRIC_ZDEPTH:
-            value.mul_(g.ray_norm).mul_(scale)  # aligned range
-        else:
-            value.mul_(scale).add_(a.shift.float().index_select(0, g.patch)).div_(g.ray_norm)  # aligned inverse range
-        valid = (value > 0) & (value < math.inf)  # finite and positive
-        w, base_sum, wsum, nvalid, all_valid = self._weights(valid, self.depth_teacher_conf)
-        if not all_valid:
+        value = g.to_slots(raw, out=g.take((M,)))
+        # Every value finite and positive is the usual case, told by one reduction (a NaN
+        # fails both tests); elementwise tests cost ten times as much.
+        low, high = torch.aminmax(value)
+        valid = None if bool((low > 0) & (high < math.inf)) else (value > 0) & (value < math.inf)
+        w = self._weights(valid, self.depth_teacher_conf)
+        if valid is not None:
             value.masked_fill_(~valid, 1.0)  # log 1 = 0, and w = 0 there
         log_v = torch.log(value, out=g.take((M,)))
-        w_log = torch.mul(w, log_v, out=scale)
+        w_log = torch.mul(w.slots, log_v, out=g.take((M,)))
         reduce = g.layout.reduce
-        vsum, l2sum = reduce(value.mul_(w), overwrite=True), reduce(log_v.mul_(w_log), overwrite=True)  # (H*W,) each
+        vsum = reduce(value.mul_(w.slots), overwrite=True)  # (H*W,), as the other sums
+        l2sum = reduce(log_v.mul_(w_log), overwrite=True)
         lsum = reduce(w_log, overwrite=True)
-        has = wsum > 0
-        fused = torch.where(has, vsum / wsum.clamp_min(1e-12), math.nan)
-        mean_l = lsum / wsum.clamp_min(1e-12)
-        spread = torch.sqrt((l2sum / wsum.clamp_min(1e-12) - mean_l**2).clamp_min(0.0))  # std of log depth
-        agreement = torch.where(nvalid >= 2, torch.exp(-spread / cfg.depth_spread_scale), cfg.single_view_agreement)
-        teacher = wsum / base_sum.clamp_min(1e-12)  # base-weighted mean teacher confidence
-        conf = torch.where(has, agreement * teacher, 0.0)
+        fused = vsum.div_(w.total)  # 0 / 0: NaN, no label, where nothing weighs
+        total = w.total.clamp_min(1e-12)
+        mean_l = lsum.div_(total)
+        spread = l2sum.div_(total).sub_(mean_l.square()).clamp_min_(0.0).sqrt_()  # std of log depth
+        agreement = torch.where(w.multi, spread.div(-cfg.depth_spread_scale).exp_(), cfg.single_view_agreement)
+        conf = agreement.mul_(w.teacher)  # 0 where nothing weighs, as `teacher`
         labels.depth, labels.depth_confidence = self._image(fused), self._image(conf)
         labels.stats.update(
             {
                 "depth_align_residual": a.residual,
                 "depth_align_residual_before": a.residual_before,
                 "depth_scale_spread": float(torch.log(a.scale.clamp_min(1e-12)).std()) if a.pairs else math.nan,
-                "depth_disagreement": _masked_mean(spread, nvalid >= 2),
+                "depth_disagreement": _masked_mean(spread, w.multi),
             }
         )
         labels.stats["depth_scales"] = a.scale.tolist()
         labels.stats["depth_shifts"] = a.shift.tolist()
-        self._coverage_stats(labels.stats, "depth", has, conf)
-        g.give(value, scale, log_v)  # the sums above may be views of them
+        self._coverage_stats(labels.stats, "depth", w.has, conf)
+        g.give(value, log_v, w_log)  # the sums above may be views of them
 
     # ------------------------------------------------------------------ normals
     def _fused_normals(self, labels: FusedLabels) -> None:
         g, cfg = self.geometry, self.config
         n = g.to_slots(self.normal_value, out=g.take(self.normal_value.shape))  # (3,M), changed in place
-        valid = ~torch.isnan(n[0])  # a normal is finite or all NaN (a hole, or a zero vector normalised)
-        w, base_sum, wsum, nvalid, all_valid = self._weights(valid, self.normal_teacher_conf)
-        if not all_valid:
+        # A normal is finite or all NaN (a hole, or a zero vector normalised): one sum tells
+        # whether any is NaN.
+        valid = ~torch.isnan(n[0]) if bool(torch.isnan(n[0].sum())) else None
+        w = self._weights(valid, self.normal_teacher_conf)
+        if valid is not None:
             n.masked_fill_(~valid, 0.0)
-        vec = g.layout.reduce(n.mul_(w), overwrite=True)  # (3,M) -> (3,H*W)
+        vec = g.layout.reduce(n.mul_(w.slots), overwrite=True)  # (3,M) -> (3,H*W)
         length = vec.square().sum(0).sqrt()
-        has = (wsum > 0) & (length > 1e-12)
-        fused = torch.where(has, vec / length.clamp_min(1e-12), math.nan)
-        resultant = (length / wsum.clamp_min(1e-12)).clamp(0.0, 1.0)
+        has = w.has & (length > 1e-12)
+        fused = vec.div_(torch.where(has, length, math.nan))
+        resultant = (length / w.total.clamp_min(1e-12)).clamp(0.0, 1.0)
         spread_deg = torch.rad2deg(torch.acos(resultant))
-        agreement = torch.where(nvalid >= 2, torch.exp(-spread_deg / cfg.normal_spread_deg), cfg.single_view_agreement)
-        conf = torch.where(has, agreement * wsum / base_sum.clamp_min(1e-12), 0.0)
+        agreement = torch.where(w.multi, spread_deg.div(-cfg.normal_spread_deg).exp_(), cfg.single_view_agreement)
+        conf = torch.where(has, agreement.mul_(w.teacher), 0.0)
         labels.normals, labels.normals_confidence = self._image(fused), self._image(conf)
-        labels.stats["normals_disagreement_deg"] = _masked_mean(spread_deg, has & (nvalid >= 2))
+        labels.stats["normals_disagreement_deg"] = _masked_mean(spread_deg, has & w.multi)
         self._coverage_stats(labels.stats, "normals", has, conf)
         g.give(n)  # `vec` may be a view of it
 
@@ -880,7 +931,7 @@ class PanoramaFusion:
         everyone = self.sem_weight is None
         weight = g.weights if everyone else g.to_slots(self.sem_weight)
         total = g.weight_sum if everyone else layout.reduce(weight)  # (H*W,) the summed weights
-        has = total > 0
+        has = g.full.has if everyone else total > 0
         values, bound = sem[_PROB], sem[_BOUND]  # times the entries' weights
         candidate = layout.reduce_argmax(values, classes)  # (H*W,) the class of the largest value
         # The entries whose class is not their pixel's candidate are few (where patches
@@ -918,14 +969,13 @@ class PanoramaFusion:
         self._lists.clear()
         self._maps.clear()
         fused_max = fused / total.clamp_min(1e-12)
-        single = g.count < 2
-        conf = torch.where(has, fused_max * torch.where(single, cfg.single_view_agreement, 1.0), 0.0)
+        conf = torch.where(has, fused_max * torch.where(g.full.multi, 1.0, cfg.single_view_agreement), 0.0)
         labels.semantic, labels.semantic_confidence = self._image(label), self._image(conf.clamp(0, 1))
         # Disagreement: share of overlap pixels where two patches' argmax classes differ, that is
         # where a labelled entry's class is not the candidate (which is one of them).
         differ = torch.zeros_like(has)
         if everyone:
-            compared = g.count >= 2
+            compared = g.full.multi
             differ[layout.pixels_at(other)] = True
         else:
             compared = layout.reduce(classes >= 0) >= 2
@@ -987,11 +1037,13 @@ class PanoramaFusion:
         return self.geometry.layout.to_raster(compact).unflatten(-1, (H, 2 * H))  # (...,H*W) -> (...,H,W)
 
     def _coverage_stats(self, stats: dict, task: str, has: Tensor, conf: Tensor) -> None:
+        """A task's coverage figures from its labelled pixels `has` (H*W,) and confidences
+        `conf` (H*W,), which are 0 where there is no label."""
         g = self.geometry
         # count_nonzero: a bool sum converts the whole mask to int64 first.
         counts = (torch.count_nonzero(has), torch.count_nonzero(g.polar), torch.count_nonzero(has & g.polar))
         labelled, polar, in_polar, conf_sum = torch.stack(
-            (*counts, torch.where(has, conf, 0.0).sum().double())
+            (*counts, conf.sum().double())
         ).tolist()  # one sync for the four sums
         stats[f"{task}_coverage"] = labelled / len(has)
         stats[f"{task}_coverage_polar"] = in_polar / polar if polar else math.nan
@@ -1092,6 +1144,10 @@ def _look_up(kept: list[tuple[Tensor, ...]], at: Tensor) -> tuple[Tensor, ...]:
 
 
 def _masked_mean(values: Tensor, mask: Tensor, empty: float = math.nan) -> float:
-    """Mean of `values` where `mask`, or `empty` when the mask is empty (one sync)."""
-    total, count = torch.stack((torch.where(mask, values, 0.0).sum(), mask.sum())).tolist()
+    """Mean of `values` (n,) where `mask` (n,) bool, or `empty` when the mask is empty (one
+    sync). The values must be finite everywhere: they are multiplied by the mask as 0 and 1
+    (read as bytes: a bool-to-float conversion is several times slower, and so is a `where`)
+    and summed as torch sums, the same in any process whatever its threads (a BLAS dot is not)."""
+    ones = mask.view(torch.uint8).to(values.dtype)
+    total, count = torch.stack((ones.mul_(values).sum(), torch.count_nonzero(mask).to(values.dtype))).tolist()
     return total / count if count else empty

@@ -105,11 +105,20 @@ def assert_stats_close(stats: dict, expected: dict) -> None:
             assert stats[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.parametrize("holes", [True, False])
 @pytest.mark.parametrize("kind", ["metric_zdepth", "relative_disparity"])
-def test_depth_and_normals_match_the_reference(room, kind):
+def test_depth_and_normals_match_the_reference(room, kind, holes):
+    """With holes (NaN, inf, zero normals) and teacher confidences, and without either: the
+    usual case, where the fusion takes the layout's own per-pixel weights and counts."""
     config = FusionConfig()
     depth = room["depth"] if kind == "metric_zdepth" else room["relative"]
-    outputs = dict(depth=depth, depth_kind=kind, depth_confidence=room["confidence"], normals=room["normals"])
+    normals = room["normals"]
+    confidence = room["confidence"]
+    if not holes:
+        depth = torch.where(torch.isfinite(depth), depth, 1.0)
+        normals = torch.where(torch.isfinite(normals) & (normals.abs().sum(1, keepdim=True) > 0), normals, 1.0 / 3**0.5)
+        confidence = None
+    outputs = dict(depth=depth, depth_kind=kind, depth_confidence=confidence, normals=normals)
     labels, _, _ = fuse(room["cameras"], config, **outputs)
     expected = reference_fusion(room["cameras"], ERP_HEIGHT, config, **outputs)
     torch.testing.assert_close(labels.depth, expected["depth"], rtol=1e-5, atol=0, equal_nan=True)
@@ -128,8 +137,9 @@ def test_depth_and_normals_match_the_reference(room, kind):
         expected["stats"].pop("normals_disagreement_deg"), abs=1e-3
     )
     assert_stats_close(stats, expected["stats"])
-    assert stats["depth_nonfinite"] == (9 + 4 if kind == "metric_zdepth" else 0)  # the NaN and inf holes
-    assert stats["normals_nonfinite"] == 3 * 4
+    assert stats["depth_nonfinite"] == (9 + 4 if kind == "metric_zdepth" and holes else 0)  # the NaN and inf holes
+    assert stats["normals_nonfinite"] == (3 * 4 if holes else 0)
+    assert stats["depth_coverage"] == stats["normals_coverage"] == 1.0
 
 
 @pytest.mark.parametrize("top_k", [8, 1, 2, 0])
