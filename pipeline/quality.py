@@ -219,6 +219,19 @@ class SeamGeometry:
         )
 
     @functools.cached_property
+    def inner_rows_h(self) -> tuple[Tensor, Tensor]:
+        """`inner_h` as float32 1 and 0 (H,W), for masked sums as products, and its (H,)
+        float64 count per row (`_row_means`)."""
+        ones = self.inner_h.to(torch.float32)
+        return ones, ones.sum(1, dtype=torch.float64)
+
+    @functools.cached_property
+    def inner_rows_v(self) -> tuple[Tensor, Tensor]:
+        """The same of `inner_v`: (H-1,W) and (H-1,)."""
+        ones = self.inner_v.to(torch.float32)
+        return ones, ones.sum(1, dtype=torch.float64)
+
+    @functools.cached_property
     def border_pairs_h(self) -> Tensor:
         """(K,) flat indices v * W + u of the horizontal border pairs, in raster order: a
         border's few pairs are read from the step maps instead of masking all of them."""
@@ -283,7 +296,9 @@ def pair_steps(task: str, values: Tensor) -> tuple[Tensor, Tensor]:
         # As floats (ids below 2^24 are exact), NaN = none: |a - b| of two class ids clamped
         # to 1 is 1 where the class changes.
         classes = values.to(torch.float32, copy=True)
-        classes.masked_fill_((classes < 0) | (classes == IGNORE_ID), math.nan)
+        low, high = torch.aminmax(classes)
+        if bool((low < 0) | (high >= IGNORE_ID)):  # some pixel may have no label
+            classes.masked_fill_((classes < 0) | (classes == IGNORE_ID), math.nan)
         return _neighbour_differences(classes, lambda a, b, out: torch.sub(a, b, out=out).abs_().clamp_(max=1.0))
     raise ValueError(f"unknown task {task!r}")
 
@@ -300,11 +315,17 @@ def _neighbour_differences(values: Tensor, step: Callable[[Tensor, Tensor, Tenso
     return horizontal, vertical
 
 
-def _row_means(steps: Tensor, inner: Tensor) -> Tensor:
+def _row_means(steps: Tensor, inner: Tensor, inner_rows: tuple[Tensor, Tensor]) -> Tensor:
     """(R,) float64 mean of the compared (not NaN) steps (R,C) of each row's interior pairs
-    (`inner` (R,C) bool); NaN for rows without any."""
-    kept = torch.where(inner, steps, math.nan)
-    return torch.nansum(kept, 1, dtype=torch.float64) / (kept.shape[1] - torch.isnan(kept).sum(1))
+    (`inner` (R,C) bool; `inner_rows` as `SeamGeometry.inner_rows_h`); NaN for rows without any."""
+    if bool(torch.isnan(steps.sum())):
+        kept = torch.where(inner, steps, math.nan)
+        return torch.nansum(kept, 1, dtype=torch.float64) / (kept.shape[1] - torch.isnan(kept).sum(1))
+    # Every pair compared (every pixel labelled), the usual case: the steps times the mask
+    # and the mask's own counts instead of a masked copy and its NaN count (1.7 -> 0.5 ms
+    # for 512x1024).
+    ones, count = inner_rows
+    return (steps * ones).sum(1, dtype=torch.float64) / count
 
 
 def _pairs_ratio(steps: Tensor, mean: Tensor, pairs: Tensor) -> tuple[float, float]:
@@ -333,7 +354,8 @@ def seam_figures(task: str, values: Tensor, seams: SeamGeometry) -> dict[str, fl
     is nothing to compare (no border pairs, or an interior that never changes).
     """
     dh, dv = pair_steps(task, values.to(seams.owner.device))
-    mean_h, mean_v = _row_means(dh, seams.inner_h), _row_means(dv, seams.inner_v)
+    mean_h = _row_means(dh, seams.inner_h, seams.inner_rows_h)
+    mean_v = _row_means(dv, seams.inner_v, seams.inner_rows_v)
     seam_h, expected_h = _pairs_ratio(dh, mean_h, seams.border_pairs_h)
     seam_v, expected_v = _pairs_ratio(dv, mean_v, seams.border_pairs_v)
     H, W = dh.shape
@@ -364,7 +386,7 @@ def fused_figures(arrays: Mapping[str, Tensor], seams: SeamGeometry, num_classes
     for task in LABEL_TASKS:
         if task in arrays:
             values = arrays[task]
-            out.update(seam_figures(task, values.float() if task != "semantic" else values.long(), seams))
+            out.update(seam_figures(task, values.float() if task != "semantic" else values, seams))
     if "semantic" in arrays:
         out["semantic_histogram"] = semantic_histogram(arrays["semantic"], num_classes)
     return out
@@ -414,7 +436,7 @@ def array_figures(spec: StoreSpec, arrays: Mapping[str, np.ndarray], seams: Seam
         out[f"{task}_coverage_polar"] = float(has[polar].mean())
         out[f"{task}_confidence_mean"] = float(conf[has].mean()) if has.any() else 0.0
         if seams is not None:
-            values = torch.from_numpy(arrays[task].astype(np.float32 if task != "semantic" else np.int64))
+            values = torch.from_numpy(arrays[task].astype(np.float32 if task != "semantic" else np.uint8))
             out.update(seam_figures(task, values, seams))
         if task == "semantic":
             out["semantic_histogram"] = semantic_histogram(torch.from_numpy(arrays["semantic"]), len(spec.class_names))

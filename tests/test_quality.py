@@ -161,10 +161,11 @@ def _seam_figures_by_loops(task: str, values: np.ndarray, sets: np.ndarray) -> d
     return {names[k]: (o / e if e > 0 else math.nan) for k, (o, e) in sums.items()}
 
 
+@pytest.mark.parametrize("holes", [True, False])
 @pytest.mark.parametrize("task", ["depth", "semantic", "normals"])
-def test_seam_figures_equal_their_definition(task):
-    """Random maps with holes over random patch sets: the vectorised figures equal the
-    definition computed pair by pair."""
+def test_seam_figures_equal_their_definition(task, holes):
+    """Random maps with holes, and without (every pair compared, the figures' usual case),
+    over random patch sets: the vectorised figures equal the definition computed pair by pair."""
     H, W = 6, 12
     rng = np.random.default_rng(7)
     sets = rng.integers(1, 4, (H, W)).repeat(2, axis=1)[:, :W]  # runs of equal sets: inner and border pairs
@@ -179,11 +180,20 @@ def test_seam_figures_equal_their_definition(task):
     else:
         values = rng.integers(0, 3, (H, W)).astype(np.uint8)
         values[rng.random((H, W)) < 0.15] = 255
+    if not holes:  # every pixel labelled
+        if task == "semantic":
+            values[values == 255] = 1
+        else:
+            values[~np.isfinite(values) | (values == 0.0)] = 1.0
+        if task == "normals":
+            values /= np.linalg.norm(values, axis=0)
     seams = SeamGeometry.from_patch_sets(torch.from_numpy(sets), owner=torch.from_numpy(sets) - 1)
     got = quality.seam_figures(task, torch.from_numpy(values), seams)
     expected = _seam_figures_by_loops(task, values.astype(np.float64) if task != "semantic" else values, sets)
     assert got == pytest.approx(expected, rel=1e-5)
     assert all(math.isfinite(v) for v in got.values())
+    steps = quality.pair_steps(task, torch.from_numpy(values))
+    assert bool(torch.isnan(steps[0]).any()) == holes
 
 
 def test_store_layout_is_rebuilt_from_the_spec(tmp_path):
