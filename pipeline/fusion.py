@@ -39,7 +39,15 @@ from pipeline.align import Alignment, align_affine_disparity, align_log_scales
 from pipeline.teachers.base import METRIC_ZDEPTH, RELATIVE_DISPARITY, DepthKind
 from spherical.camera import PatchCameras
 from spherical.erp import erp_lonlat
-from spherical.reproject import BilinearCorners, PatchToErp, SlotLayout, patch_to_erp, read_points, sample_points
+from spherical.reproject import (
+    BilinearCorners,
+    PatchToErp,
+    SlotLayout,
+    patch_to_erp,
+    read_points,
+    sample_point_sets,
+    sample_points,
+)
 
 
 @dataclass(frozen=True)
@@ -496,7 +504,8 @@ class PanoramaFusion:
             self.sem_weight: Tensor | None = None
             self._seconds: list[tuple[Tensor, Tensor, Tensor]] = []  # (entries, classes, weighted probabilities)
             self._lists: list[tuple[Tensor, Tensor, Tensor]] = []  # exact top-k: (entries, classes, probabilities)
-            self._maps: dict[int, Tensor] = {}  # kept probability maps (C,h',w') by patch
+            # Kept probability maps by patch: its run's (b,C,h',w') maps and its row in them.
+            self._maps: dict[int, tuple[Tensor, int]] = {}
 
     # ------------------------------------------------------------------ inputs
     @contextlib.contextmanager
@@ -673,7 +682,7 @@ class PanoramaFusion:
                     self._list_exactly(out, mine, run.sl.start, probs[k], run.grid[mine], run.weight[mine])
         for k, keep in enumerate(run.keep):
             if keep:
-                self._maps[run.first + k] = probs[k]
+                self._maps[run.first + k] = (probs, k)
         if self.top_k == 1:  # only the argmax is summed: nothing else adds anything
             out[_BOUND] = 0.0
         if run.ok is not None:
@@ -742,11 +751,15 @@ class PanoramaFusion:
     def _top_list(self, probs: Tensor, grid: Tensor) -> tuple[Tensor, Tensor]:
         """The exact top-k of the distributions that a (C,h',w') map gives at (R,2) points:
         classes (k,R) int64 and probabilities (k,R), largest first."""
-        p = sample_points(probs, grid)  # (C,R)
-        if self.top_k < p.shape[0]:
-            values, classes = p.topk(self.top_k, dim=0)
+        return self._largest(sample_points(probs, grid))  # (C,R) probabilities
+
+    def _largest(self, probs: Tensor) -> tuple[Tensor, Tensor]:
+        """The top-k of (C,R) distributions: classes (k,R) int64 and probabilities (k,R),
+        largest first."""
+        if self.top_k < probs.shape[0]:
+            values, classes = probs.topk(self.top_k, dim=0)
         else:
-            values, classes = p.sort(dim=0, descending=True)
+            values, classes = probs.sort(dim=0, descending=True)
         return classes, values
 
     # ------------------------------------------------------------------ depth
@@ -1019,16 +1032,35 @@ class PanoramaFusion:
             classes[:, found], summed[:, found] = listed_classes, listed_probs * weight[found]
             listed[found] = True
         todo = torch.nonzero(~listed).squeeze(1)
-        patch = g.patch[at[todo]]
-        for n in torch.unique(patch).tolist():
-            if n in self._maps:
-                mine = todo[patch == n]
-                classes[:, mine], probs = self._top_list(self._maps[n], g.grid[entries[mine]])
-                summed[:, mine] = probs * weight[mine]
+        if self._maps and todo.numel():
+            kept, kept_classes, kept_probs = self._kept_top_lists(entries[todo])
+            mine = todo[kept]
+            classes[:, mine], summed[:, mine] = kept_classes, kept_probs * weight[mine]
         sums = torch.zeros(self.num_classes * L, device=g.device)
         sums.index_add_(0, (classes * L + target).flatten(), summed.flatten())
         best, best_class = sums.view(self.num_classes, L).max(0)  # (C*L,) -> (C,L)
         return best_class, best
+
+    def _kept_top_lists(self, entries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The exact top-k lists of those of `entries` (R,) whose patches' maps are kept:
+        their indices into `entries` (R',), classes (k,R') int64 and probabilities (k,R').
+        The kept maps of a run are read with one grid_sample."""
+        g = self.geometry
+        patch = g.entry_patch[entries].long()
+        order = torch.argsort(patch, stable=True)
+        bounds = torch.searchsorted(patch[order], torch.arange(g.num_patches + 1, device=g.device)).tolist()
+        runs: dict[int, tuple[Tensor, list[Tensor | None]]] = {}  # by the id of the run's maps
+        for n, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            if stop > start and n in self._maps:
+                maps, k = self._maps[n]
+                rows = runs.setdefault(id(maps), (maps, [None] * len(maps)))[1]
+                rows[k] = order[start:stop]
+        found, probs = [], []
+        for maps, rows in runs.values():
+            read = sample_point_sets(maps, [None if at is None else g.grid[entries[at]] for at in rows])
+            found += [at for at in rows if at is not None]
+            probs += [p for p in read if p is not None]
+        return (torch.cat(found), *self._largest(torch.cat(probs, 1)))  # (C,R') probabilities
 
     # ------------------------------------------------------------------ output
     def _image(self, compact: Tensor) -> Tensor:
