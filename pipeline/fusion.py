@@ -400,6 +400,27 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
     return value, top, bound, finite
 
 
+def _candidates(layout: SlotLayout, values: Tensor, classes: Tensor, num_classes: int) -> Tensor:
+    """(H*W,) float32 per pixel the class of (about) its slot with the largest value, -1 where
+    no slot: `values` (M,) float32, non-negative, and `classes` (M,) float32 ids in [-1, C),
+    slot order.
+
+    The values' bits with the low ones replaced by class codes are integer keys, and one
+    integer max-reduction over the slots takes the largest: several times faster than a
+    comparison and a selection per slot. A slot within those low bits of the largest may win
+    instead: a candidate only has to be likely, as `_fused_semantic` certifies it or sums the
+    pixel exactly.
+    """
+    bits = num_classes.bit_length()  # codes 0..C: the class + 1
+    if bits > 16:
+        return layout.reduce_argmax(values, classes)
+    mask = (1 << bits) - 1
+    keys = torch.bitwise_and(values.view(torch.int32), _MAGNITUDE & ~mask)
+    keys |= classes.to(torch.int32).add_(1)
+    top = layout.reduce(keys, op="amax", overwrite=True)  # (H*W,) int32, its lowest where no slot
+    return (top & mask).sub_(1).float()
+
+
 _MAGNITUDE = 0x7FFFFFFF  # a float32's bits but the sign
 _NONFINITE_KEY = 0x7F800000  # exponent all ones: infinities and NaN
 
@@ -619,7 +640,10 @@ class PanoramaFusion:
         grid = g.grid[sl]
         value, top, bound, finite = _top_class(probs.view(b, C, S), g.scratch((C, S), torch.int32))  # (b,S') each
         cell = g.map_cell(h, w)[sl] - first * S  # (M_r,) where each entry's bilinear read starts, in the b maps
-        shared = _uniform(top.view(b, h, w)).view(-1).index_select(0, cell)  # (M_r,) the shared top class, -1 = none
+        out = self.sem[:, sl]  # (3,M_r) the run's entries, written in place
+        # The shared top class of each entry's four map pixels (-1 = none), straight into its
+        # row as float32 (exact for class ids).
+        shared = torch.index_select(_uniform(top.view(b, h, w)).view(-1).float(), 0, cell, out=out[_CLASS])  # (M_r,)
         weight = g.entry_weights[sl]
         if confidence is not None:
             conf = [sample_points(confidence[k][None].float(), part)[0] for k, part in enumerate(grid.split(sizes))]
@@ -633,8 +657,6 @@ class PanoramaFusion:
             if self.sem_weight is None:
                 self.sem_weight = g.entry_weights.clone()
             self.sem_weight[sl] = weight
-        out = self.sem[:, sl]  # (3,M_r) the run's entries, written in place
-        out[_CLASS] = shared
         # The top class's probability and the bound, interpolated as every class is, straight
         # into their rows.
         pair = torch.stack((value, bound), 1).view(b, 2, h, w)  # (b,2,S') -> (b,2,h',w')
@@ -928,8 +950,8 @@ class PanoramaFusion:
     def _fused_semantic(self, labels: FusedLabels) -> None:
         """Per pixel, the class c with the largest summed weighted probability F_c.
 
-        The candidate is the class with the largest weighted argmax probability of any entry
-        that sees the pixel. F of the candidate is exact when every such entry knows its
+        The candidate is the class with (about: `_candidates`) the largest weighted argmax
+        probability of any entry that sees the pixel. F of the candidate is exact when every such entry knows its
         contribution to it (or adds nothing to classes it does not know); every other class
         gets at most R, the sum over the entries of their largest known contribution to another
         class or their bound. Where F > R the candidate wins; the other pixels are summed
@@ -946,7 +968,7 @@ class PanoramaFusion:
         total = g.weight_sum if everyone else layout.reduce(weight)  # (H*W,) the summed weights
         has = g.full.has if everyone else total > 0
         values, bound = sem[_PROB], sem[_BOUND]  # times the entries' weights
-        candidate = layout.reduce_argmax(values, classes)  # (H*W,) the class of the largest value
+        candidate = _candidates(layout, values, classes, self.num_classes)  # (H*W,)
         # The entries whose class is not their pixel's candidate are few (where patches
         # disagree): what concerns them is done at their positions only, and the rows of
         # `sem` become in place the contributions to the candidate (values) and the rivals

@@ -162,13 +162,18 @@ class SlotLayout:
 
     def reduce(self, values: Tensor, op: str = "sum", overwrite: bool = False) -> Tensor:
         """Per-pixel reduction over the slots: (..., M) in position order -> (..., H*W) in compact
-        order; op is "sum", "amax" or "amin" (booleans are counted, as int32). Slots are taken
-        in order, so a sum adds a pixel's patches in patch order. Pixels without entries get 0
-        (sum) or -inf / +inf (amax / amin). With `overwrite`, a floating `values` that the
-        caller no longer needs may hold the result (no copy when every pixel is seen)."""
-        fill = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}[op]
-        if not values.is_floating_point():
+        order; op is "sum", "amax" or "amin" (booleans are counted, as int32; other integers
+        keep their dtype). Slots are taken in order, so a sum adds a pixel's patches in patch
+        order. Pixels without entries get 0 (sum) or the lowest / highest value of the dtype
+        (amax / amin: -inf / +inf for floats). With `overwrite`, a `values` that the caller no
+        longer needs may hold the result (no copy when every pixel is seen)."""
+        if values.dtype == torch.bool:
             values, overwrite = values.to(torch.int32 if op == "sum" else torch.float32), True
+        if values.is_floating_point():
+            low, high = -math.inf, math.inf
+        else:
+            low, high = torch.iinfo(values.dtype).min, torch.iinfo(values.dtype).max
+        fill = {"sum": 0, "amax": low, "amin": high}[op]
         first = values[..., self.slot(0)] if self.slots else values[..., :0]
         if overwrite and first.shape[-1] == len(self.order):
             out = first

@@ -16,7 +16,7 @@ from fusion_reference import reference_fusion, same_pixel_pairs
 
 from pipeline import fusion
 from pipeline.align import _lower_median
-from pipeline.fusion import FusionConfig, FusionGeometry, PanoramaFusion, _positions, _top_class
+from pipeline.fusion import FusionConfig, FusionGeometry, PanoramaFusion, _candidates, _positions, _top_class
 from spherical.layouts import icosahedron_layout
 from spherical.reproject import BilinearCorners, patch_to_erp
 from synthetic.render import render_patches
@@ -271,6 +271,11 @@ def test_slots_reduce_as_a_scatter_and_pair_as_listed():
     torch.testing.assert_close(layout.to_raster(layout.reduce(placed)), scattered)
     highest = torch.full_like(scattered, -math.inf).scatter_reduce_(1, index[None].expand(2, -1), values, "amax")
     torch.testing.assert_close(layout.to_raster(layout.reduce(placed, "amax")), highest)
+    keys = torch.randint(-(2**31), 2**31 - 1, (len(index),), dtype=torch.int32)  # integers keep their dtype
+    top = torch.full((ERP_HEIGHT * 2 * ERP_HEIGHT,), -(2**31), dtype=torch.int32).scatter_reduce_(
+        0, index, keys, "amax"
+    )
+    assert torch.equal(layout.to_raster(layout.reduce(keys[layout.entry.long()], "amax")), top)
     pixel_values = torch.rand(len(layout.rank), dtype=torch.float64)  # raster order
     assert torch.equal(layout.broadcast(pixel_values[layout.order])[layout.position], pixel_values[index])
     classes = torch.randint(0, 3, (len(index),)).double()  # mapping order
@@ -283,6 +288,28 @@ def test_slots_reduce_as_a_scatter_and_pair_as_listed():
         listed = same_pixel_pairs(index)
         listed = listed[:: max(1, math.ceil(len(listed) / max_pairs))]
         assert torch.equal(layout.pairs(max_pairs), layout.position[listed])
+
+
+def test_candidates_are_the_classes_of_the_largest_values():
+    """Per pixel, the class of a slot with the largest value (any of them on ties), -1 where
+    no slot sees the pixel (a layout of three patches leaves most of the sphere unseen)."""
+    mapping = patch_to_erp(icosahedron_layout().cameras(PATCH)[:3], ERP_HEIGHT)
+    layout = mapping.slot_layout()
+    g = torch.Generator().manual_seed(5)
+    M, C = len(layout.entry), 150
+    values = 2.0 ** torch.randint(-30, 30, (M,), generator=g).float()  # apart by factors of 2, or equal
+    classes = torch.randint(-1, C, (M,), generator=g).float()
+    got = _candidates(layout, values, classes, C)
+    top = layout.reduce(values, "amax")
+    largest = ~layout.differs(values, top)  # (M,) the slots that hold their pixel's largest value
+    assert bool(
+        (layout.reduce(largest & ~layout.differs(classes, got), "sum") > 0)[layout.count[layout.order] > 0].all()
+    )
+    unique = layout.reduce(largest, "sum") == 1
+    assert unique.float().mean() > 0.1
+    assert torch.equal(got[unique], layout.reduce_argmax(values, classes)[unique])
+    unseen = layout.count[layout.order] == 0
+    assert unseen.any() and bool((got[unseen] == -1).all())
 
 
 def test_bilinear_corners_read_as_grid_sample():
