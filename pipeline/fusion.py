@@ -156,9 +156,13 @@ class PixelWeights:
     multi: Tensor
 
     @classmethod
-    def of(cls, slots: Tensor, total: Tensor, base_sum: Tensor, count: Tensor) -> PixelWeights:
+    def of(
+        cls, slots: Tensor, total: Tensor, base_sum: Tensor, count: Tensor, multi: Tensor | None = None
+    ) -> PixelWeights:
+        """From the slots' weights, their sums, the sums of the valid slots' border weights and
+        the valid counts; `multi` when the caller has it (the layout's own)."""
         teacher = total / base_sum.clamp_min(1e-12)
-        return cls(slots, total, teacher, count, total > 0, count >= 2)
+        return cls(slots, total, teacher, count, total > 0, count >= 2 if multi is None else multi)
 
 
 @dataclass(frozen=True)
@@ -550,6 +554,13 @@ class PanoramaFusion:
             setattr(self, name, torch.ones(self.geometry.num_entries, device=self.geometry.device))
         return getattr(self, name)
 
+    def _add_confidence(self, name: str, confidence: Tensor, patch: int) -> None:
+        """A patch's (h',w') teacher confidence read at its entries into the array `name`,
+        clamped into [0,1] on the way."""
+        conf = self._confidence(name)
+        for entries, out in self._read(confidence[None], patch):
+            torch.clamp(out[0], 0.0, 1.0, out=conf[entries])
+
     def _clean(self, values: Tensor, task: str) -> Tensor:
         """One patch's map with non-finite teacher outputs counted and turned into NaN
         (masked downstream). Per patch, so the check never allocates a batch-sized mask."""
@@ -576,9 +587,7 @@ class PanoramaFusion:
                 for entries, out in self._read(self._clean(depth[k], "depth")[None], n):
                     self.depth_value[entries] = out[0]
                 if confidence is not None:
-                    conf = self._confidence("depth_teacher_conf")
-                    for entries, out in self._read(confidence[k][None], n):
-                        conf[entries] = out[0].clamp(0.0, 1.0)
+                    self._add_confidence("depth_teacher_conf", confidence[k], n)
                 self.seen[n, 0] = True
 
     def add_normals(self, patches: list[int], normals: Tensor, confidence: Tensor | None = None) -> None:
@@ -591,9 +600,7 @@ class PanoramaFusion:
                     world = torch.mm(R, cam, out=self.normal_value[:, entries])  # (3,3) @ (3,L) -> (3,L), in place
                     world.div_(world.square().sum(0).sqrt_())
                 if confidence is not None:
-                    conf = self._confidence("normal_teacher_conf")
-                    for entries, out in self._read(confidence[k][None], n):
-                        conf[entries] = out[0].clamp(0.0, 1.0)
+                    self._add_confidence("normal_teacher_conf", confidence[k], n)
                 self.seen[n, 2] = True
 
     def add_semantic(self, patches: list[int], probs: Tensor, confidence: Tensor | None = None) -> None:
@@ -862,14 +869,14 @@ class PanoramaFusion:
             return g.full
         layout = g.layout
         if valid is None:
-            base, base_sum, count = g.weights, g.weight_sum, g.count
+            base, base_sum, count, multi = g.weights, g.weight_sum, g.count, g.full.multi
         else:
             base = torch.where(valid, g.weights, 0.0)
-            base_sum, count = layout.reduce(base), layout.reduce(valid)
+            base_sum, count, multi = layout.reduce(base), layout.reduce(valid), None
         if confidence is None:
-            return PixelWeights.of(base, base_sum, base_sum, count)
+            return PixelWeights.of(base, base_sum, base_sum, count, multi)
         slots = g.to_slots(confidence).mul_(base)
-        return PixelWeights.of(slots, layout.reduce(slots), base_sum, count)
+        return PixelWeights.of(slots, layout.reduce(slots), base_sum, count, multi)
 
     def _fused_depth(self, labels: FusedLabels) -> None:
         g, cfg = self.geometry, self.config
