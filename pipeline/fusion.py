@@ -1003,16 +1003,18 @@ class PanoramaFusion:
         rival = layout.reduce(rival, overwrite=True)
         uncertain = fused <= rival
         uncertain[layout.pixels_at(other[unknown])] = True
-        label = torch.where(has, candidate, -1.0).long()
+        label = torch.where(has, candidate, -1.0)  # float32 class ids until rasterised (a 4-byte gather)
         exact = _positions(has & uncertain)
         if exact.numel():
-            label[exact], fused[exact] = self._summed_exactly(exact, weight)
+            best_class, fused[exact] = self._summed_exactly(exact, weight)
+            label[exact] = best_class.float()
         self._seconds.clear()
         self._lists.clear()
         self._maps.clear()
-        fused_max = fused / total.clamp_min(1e-12)
-        conf = torch.where(has, fused_max * torch.where(g.full.multi, 1.0, cfg.single_view_agreement), 0.0)
-        labels.semantic, labels.semantic_confidence = self._image(label), self._image(conf.clamp(0, 1))
+        # 0 where nothing weighs (no contributions there), as `_coverage_stats` needs.
+        fused_max = fused.div_(total.clamp_min(1e-12))
+        conf = torch.where(g.full.multi, fused_max, fused_max * cfg.single_view_agreement).clamp_(0.0, 1.0)
+        labels.semantic, labels.semantic_confidence = self._image(label).long(), self._image(conf)
         # Disagreement: share of overlap pixels where two patches' argmax classes differ, that is
         # where a labelled entry's class is not the candidate (which is one of them).
         differ = torch.zeros_like(has)
