@@ -1086,7 +1086,8 @@ class PanoramaFusion:
                 maps, k = self._maps[n]
                 rows = runs.setdefault(id(maps), (maps, [None] * len(maps)))[1]
                 rows[k] = order[start:stop]
-        found, probs = [], []
+        found = [torch.zeros(0, dtype=torch.int64, device=g.device)]
+        probs = [torch.zeros(self.num_classes, 0, device=g.device)]
         for maps, rows in runs.values():
             read = sample_point_sets(maps, [None if at is None else g.grid[entries[at]] for at in rows])
             found += [at for at in rows if at is not None]

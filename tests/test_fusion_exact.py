@@ -49,6 +49,9 @@ def room():
     close = (2.0 * logits).softmax(1)
     close[3] = 1.0 / CLASSES  # a patch without any evidence: every class tied
     close[7, :, 2:4, 2:4] = math.nan
+    # Half the patches certain (one-hot: nothing unknown, their maps not kept), half close calls.
+    mixed = F.one_hot(dense.argmax(1), CLASSES).permute(0, 3, 1, 2).float()  # (P,h,w,C) -> (P,C,h,w)
+    mixed[1::2] = close[1::2]
     confidence = torch.rand(P, PATCH, PATCH, generator=g)
     return {
         "cameras": cameras,
@@ -58,6 +61,7 @@ def room():
         "one_hot": one_hot,
         "dense": dense,
         "close": close,
+        "mixed": mixed,
         "confidence": confidence,
     }
 
@@ -143,10 +147,10 @@ def test_depth_and_normals_match_the_reference(room, kind, holes):
 
 
 @pytest.mark.parametrize("top_k", [8, 1, 2, 0])
-@pytest.mark.parametrize("maps", ["one_hot", "dense", "close"])
+@pytest.mark.parametrize("maps", ["one_hot", "dense", "close", "mixed"])
 def test_semantic_matches_the_reference(room, maps, top_k):
     config = FusionConfig(semantic_top_k=top_k)
-    outputs = dict(probs=room[maps], probs_confidence=room["confidence"] if maps == "close" else None)
+    outputs = dict(probs=room[maps], probs_confidence=room["confidence"] if maps in ("close", "mixed") else None)
     labels, kept, listed = fuse(room["cameras"], config, **outputs)
     expected = reference_fusion(room["cameras"], ERP_HEIGHT, config, **outputs)
     assert torch.equal(labels.semantic, expected["semantic"])
