@@ -384,10 +384,9 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
     device = volume.device
     codes = torch.arange(1, C + 1, dtype=torch.int32, device=device)[:, None]  # (C,1)
     pixel = torch.arange(S, dtype=torch.int32, device=device)
-    high = _MAGNITUDE & ~mask  # the bits a key keeps of its value
     top_key, runner = torch.empty(2, b, S, dtype=torch.int32, device=device)
     for k in range(b):
-        key = torch.bitwise_and(volume[k].view(torch.int32), high, out=scratch).bitwise_or_(codes)  # (C,S')
+        key = _class_keys(volume[k], codes, mask, out=scratch)  # (C,S')
         torch.amax(key, 0, out=top_key[k])
         if C > 1:  # knocked out (0 is below every key), the top leaves the runner-up the largest
             at = (top_key[k] & mask).sub_(1).mul_(S).add_(pixel)
@@ -419,10 +418,16 @@ def _candidates(layout: SlotLayout, values: Tensor, classes: Tensor, num_classes
     if bits > 16:
         return layout.reduce_argmax(values, classes)
     mask = (1 << bits) - 1
-    keys = torch.bitwise_and(values.view(torch.int32), _MAGNITUDE & ~mask)
-    keys |= classes.to(torch.int32).add_(1)
+    keys = _class_keys(values, classes.to(torch.int32).add_(1), mask)
     top = layout.reduce(keys, op="amax", overwrite=True)  # (H*W,) int32, its lowest where no slot
     return (top & mask).sub_(1).float()
+
+
+def _class_keys(values: Tensor, codes: Tensor, mask: int, out: Tensor | None = None) -> Tensor:
+    """int32 keys of float32 `values`: the bits of their magnitudes with the low ones (`mask`)
+    replaced by class `codes` (broadcast against `values`), so that an integer maximum orders
+    the magnitudes up to those bits and carries its class. Written into `out` when given."""
+    return torch.bitwise_and(values.view(torch.int32), _MAGNITUDE & ~mask, out=out).bitwise_or_(codes)
 
 
 _MAGNITUDE = 0x7FFFFFFF  # a float32's bits but the sign

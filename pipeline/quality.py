@@ -222,14 +222,12 @@ class SeamGeometry:
     def inner_rows_h(self) -> tuple[Tensor, Tensor]:
         """`inner_h` as float32 1 and 0 (H,W), for masked sums as products, and its (H,)
         float64 count per row (`_row_means`)."""
-        ones = self.inner_h.to(torch.float32)
-        return ones, ones.sum(1, dtype=torch.float64)
+        return _ones_and_counts(self.inner_h)
 
     @functools.cached_property
     def inner_rows_v(self) -> tuple[Tensor, Tensor]:
         """The same of `inner_v`: (H-1,W) and (H-1,)."""
-        ones = self.inner_v.to(torch.float32)
-        return ones, ones.sum(1, dtype=torch.float64)
+        return _ones_and_counts(self.inner_v)
 
     @functools.cached_property
     def border_pairs_h(self) -> Tensor:
@@ -246,6 +244,12 @@ class SeamGeometry:
     def for_store(cls, spec: StoreSpec, device: torch.device | str | None = None) -> SeamGeometry:
         """The seams of a store's layout at its label resolution."""
         return cls.from_mapping(store_mapping(spec, device))
+
+
+def _ones_and_counts(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(R,C) bool -> the same as float32 1 and 0, and its (R,) float64 count per row."""
+    ones = mask.to(torch.float32)
+    return ones, ones.sum(1, dtype=torch.float64)
 
 
 def store_layout(spec: StoreSpec) -> Layout:

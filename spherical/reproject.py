@@ -489,18 +489,18 @@ def read_points(values: Tensor, grid: Tensor, mode: SampleMode = "bilinear") -> 
     length = -(-count // rows)
     if rows * length > count:
         grid = F.pad(grid, (0, 0, 0, rows * length - count))  # (rows*length,2), tail read and dropped
-    out = F.grid_sample(
-        values[None].expand(rows, -1, -1, -1),
-        grid.view(rows, 1, length, 2),
-        mode=mode,
-        padding_mode="border",
-        align_corners=False,
-    )  # (rows,C,1,length)
+    out = _sample_rows(values[None].expand(rows, -1, -1, -1), grid.view(rows, 1, length, 2), mode)  # (rows,C,1,length)
     pieces = []
     for r, start in enumerate(range(0, count, length)):
         stop = min(start + length, count)
         pieces.append((range(start, stop), out[r, :, 0, : stop - start]))  # (C,L') view
     return pieces
+
+
+def _sample_rows(values: Tensor, points: Tensor, mode: SampleMode) -> Tensor:
+    """grid_sample as every point read of this module reads: (b,C,h,w) maps at (b,1,L,2)
+    normalised points -> (b,C,1,L), align_corners=False, border padding."""
+    return F.grid_sample(values, points, mode=mode, padding_mode="border", align_corners=False)
 
 
 def sample_points(values: Tensor, grid: Tensor, mode: SampleMode = "bilinear") -> Tensor:
@@ -526,7 +526,7 @@ def sample_point_sets(values: Tensor, grids: list[Tensor | None]) -> list[Tensor
     for k, grid in enumerate(grids):
         if grid is not None:
             points[k, 0, : len(grid)] = grid
-    out = F.grid_sample(values, points, mode="bilinear", padding_mode="border", align_corners=False)  # (b,C,1,L)
+    out = _sample_rows(values, points, "bilinear")  # (b,C,1,L)
     return [None if grid is None else out[k, :, 0, : len(grid)] for k, grid in enumerate(grids)]
 
 
