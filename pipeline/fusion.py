@@ -355,15 +355,23 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
     """A top class of every map pixel of b maps of (C,S') class probabilities, its value, and
     a bound on every other class's value.
 
-    Two integer max-reductions over the classes of each map do it: each value's bits with the
-    sign and the low bits cleared order the values' magnitudes, class codes 1..C are written
-    into those low bits, and the largest key then carries its class; the same after knocking
-    that one out gives the runner-up's magnitude up to those bits, rounded up into a bound
-    (integer reductions are faster than float ones, which check for NaN). When the runner-up is
-    within those bits of the largest, or the largest magnitude is a negative value's, the class
-    found may not be the largest, but then the bound is at least its value, which the callers
-    read as "not certain". A non-finite value's key (its exponent all ones) is above every
-    finite one's. What follows the two passes runs once for the b maps.
+    A first pass screens each map's classes: one whose values all lie in [0, _QUIET] (read as
+    integers: the smallest not below 0 and the largest not above _QUIET's bits, which rules
+    out negative, infinite and NaN values too) is quiet in that map, and the bound takes in
+    the map's largest quiet value instead of reading those classes again. It pays when most
+    classes are of nothing in a patch's view (2 to 4 of 150 are not quiet in the benchmark's
+    maps): two reductions over every class, then four passes over the others, where there
+    were four over every class.
+
+    Two integer max-reductions over the other classes of each map do the rest: each value's
+    bits with the sign and the low bits cleared order the values' magnitudes, row codes are
+    written into those low bits, and the largest key then carries its row; the same after
+    knocking that one out gives the runner-up's magnitude up to those bits, rounded up into a
+    bound (integer reductions are faster than float ones, which check for NaN). When the
+    runner-up is within those bits of the largest, or the largest magnitude is a negative
+    value's, or no class is above the quiet ones, the class found may not be the largest, but
+    then the bound is at least its value, which the callers read as "not certain". A
+    non-finite value's key (its exponent all ones) is above every finite one's.
 
     Args:
         volume: (b,C,S') float32, contiguous.
@@ -375,31 +383,49 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
         finite: (b,S') bool whether every class's value is finite (elsewhere the rest is void).
     """
     b, C, S = volume.shape
+    device = volume.device
+    if C == 1:  # no other class to bound
+        only = volume[:, 0]
+        none = torch.zeros(b, S, dtype=torch.int32, device=device)
+        return only.clone(), none, torch.zeros_like(only), torch.isfinite(only)
     bits = C.bit_length()
     if bits > 16:
         value, top = volume.max(1)
         bound = volume.scatter(1, top[:, None], -math.inf).amax(1)  # (b,C,S') copy
         return value, top.int(), bound, torch.isfinite(volume).all(1)
     mask = (1 << bits) - 1
-    device = volume.device
-    codes = torch.arange(1, C + 1, dtype=torch.int32, device=device)[:, None]  # (C,1)
+    words = volume.view(torch.int32)  # (b,C,S')
+    largest = words.amax(2)  # (b,C)
+    quiet = (words.amin(2) >= 0) & (largest <= _QUIET_BITS)
+    quiet_bound = torch.where(quiet, largest, 0).amax(1).view(torch.float32)  # (b,) 0 where none is
+    if scratch is None:
+        scratch = torch.empty(C, S, dtype=torch.int32, device=device)
+    codes = torch.arange(1, C + 1, dtype=torch.int32, device=device)[:, None]  # (C,1) row + 1
     pixel = torch.arange(S, dtype=torch.int32, device=device)
-    top_key, runner = torch.empty(2, b, S, dtype=torch.int32, device=device)
+    top = torch.zeros(b, S, dtype=torch.int32, device=device)  # class 0 where every class is quiet
+    runner = torch.zeros(b, S, dtype=torch.int32, device=device)  # 0: below every key
+    finite = torch.ones(b, S, dtype=torch.bool, device=device)
     for k in range(b):
-        key = _class_keys(volume[k], codes, mask, out=scratch)  # (C,S')
-        torch.amax(key, 0, out=top_key[k])
-        if C > 1:  # knocked out (0 is below every key), the top leaves the runner-up the largest
-            at = (top_key[k] & mask).sub_(1).mul_(S).add_(pixel)
-            key.view(-1).index_fill_(0, at.long(), 0)
+        loud = torch.nonzero(~quiet[k]).squeeze(1)  # (A,) the classes read
+        A = len(loud)
+        if not A:
+            continue
+        rows = words[k] if A == C else torch.index_select(words[k], 0, loud, out=scratch[:A])  # (A,S')
+        key = _class_keys(rows, codes[:A], mask, out=scratch[:A])
+        top_key = torch.amax(key, 0)  # (S',)
+        torch.lt(top_key, _NONFINITE_KEY, out=finite[k])
+        row = (top_key & mask).sub_(1)
+        if A > 1:  # knocked out (0 is below every key), the top leaves the runner-up the largest
+            key.view(-1).index_fill_(0, (row * S).add_(pixel).long(), 0)
             torch.amax(key, 0, out=runner[k])
-    finite = top_key < _NONFINITE_KEY
-    top = (top_key & mask).sub_(1)  # (b,S')
+        if A < C:
+            torch.index_select(loud.int(), 0, row, out=top[k])
+        else:
+            top[k] = row
     first = torch.arange(b, device=device)[:, None] * (C * S)  # (b,1) each map's first value
     value = volume.view(-1).index_select(0, (top.long() * S + pixel + first).view(-1)).view(b, S)  # (b*S',) -> (b,S')
-    if C == 1:
-        return value, top, torch.zeros_like(value), finite
     # Up to the class bits: setting them rounds the runner-up's magnitude up.
-    bound = (runner | mask).view(torch.float32)
+    bound = torch.maximum((runner | mask).view(torch.float32), quiet_bound[:, None])
     return value, top, bound, finite
 
 
@@ -432,6 +458,12 @@ def _class_keys(values: Tensor, codes: Tensor, mask: int, out: Tensor | None = N
 
 _MAGNITUDE = 0x7FFFFFFF  # a float32's bits but the sign
 _NONFINITE_KEY = 0x7F800000  # exponent all ones: infinities and NaN
+# A class whose probabilities stay within [0, _QUIET] over a whole map is not read for its top
+# classes (`_top_class`): it only raises their bounds to its largest value. Low enough that a
+# top class rarely needs an exact list because of it, high enough that a class of nothing in
+# view stays under it across a patch.
+_QUIET = 0.05
+_QUIET_BITS = int(torch.tensor(_QUIET, dtype=torch.float32).view(torch.int32))
 
 # Rows of `PanoramaFusion.sem`.
 _CLASS, _PROB, _BOUND = range(3)

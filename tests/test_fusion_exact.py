@@ -242,6 +242,47 @@ def test_top_class_finds_the_top_and_bounds_the_rest():
     assert torch.equal(one, volume[0]) and not top_one.any() and not bound_one.any()
 
 
+def test_top_class_reads_only_classes_above_the_quiet_ones():
+    """Maps as Mask2Former's: a few classes far above `_QUIET` somewhere, the rest below it
+    everywhere. Quiet classes raise the bound to the map's largest quiet value and nothing
+    else; a class with a negative, infinite or NaN value is never quiet."""
+    g = torch.Generator().manual_seed(4)
+    C, S = 150, 600
+    maps = torch.rand(6, C, S, generator=g) * fusion._QUIET * 0.9  # every class quiet
+    for k in range(5):  # map k: k + 1 classes above the quiet ones, over the pixels in turn
+        for j in range(k + 1):
+            maps[k, 10 * j + k, j :: (k + 1)] = 0.3 + 0.5 * torch.rand(len(range(j, S, k + 1)), generator=g)
+    maps[2, 40, 7] = -math.inf
+    maps[3, 41, 8] = -(2.0**-120)  # a tiny negative value
+    maps[3, 42, 9] = math.nan
+    maps[4, 43, 10] = -math.nan
+    maps[4, 44, 11] = math.inf
+    # map 5: every class quiet, one of them up to exactly _QUIET
+    maps[5, 77, 3] = fusion._QUIET
+    value, top, bound, finite = _top_class(maps.clone())
+    expected_finite = torch.ones(6, S, dtype=torch.bool)
+    expected_finite[2, 7] = expected_finite[3, 9] = expected_finite[4, 10] = expected_finite[4, 11] = False
+    assert torch.equal(finite, expected_finite)
+    ok = finite
+    assert torch.equal(value[ok], maps.gather(1, top.long()[:, None])[:, 0][ok])
+    others = maps.scatter(1, top.long()[:, None], -math.inf).amax(1)  # (6,S) every other class's largest
+    assert bool((bound[ok] >= others[ok]).all())
+    # The bound is the runner-up's magnitude (to 1e-4) or the largest quiet value, whichever is larger.
+    loud = (maps.amax(2) > fusion._QUIET) | (maps.amin(2) < 0) | ~torch.isfinite(maps).all(2)  # (6,C)
+    quiet_largest = torch.where(loud[..., None], 0.0, maps).amax(1)  # (6,S) -> per map below
+    quiet_largest = quiet_largest.amax(1, keepdim=True).expand(-1, S)
+    magnitude = torch.where(loud[..., None], maps.abs(), 0.0).scatter(1, top.long()[:, None], 0.0).amax(1)
+    tight = torch.maximum(magnitude * (1 + 1e-4) + 1e-30, quiet_largest)
+    assert bool((bound <= tight)[ok].all())
+    assert bool((bound >= quiet_largest)[ok].all())
+    # The loud classes are found: the top is certain wherever a loud class is on top, never in
+    # map 5 (its own value is under the bound), whose values are all at most _QUIET.
+    sure = ok & (value > bound)
+    assert torch.equal(top[sure].long(), maps.argmax(1)[sure])
+    assert sure[:5].float().mean() > 0.99 and not sure[5].any()
+    assert bool((bound[5] == fusion._QUIET).all())
+
+
 def test_positions_are_nonzeros_of_sparse_dense_and_offset_masks():
     g = torch.Generator().manual_seed(2)
     for n in (0, 7, 40_000, 40_003, 100_001):
