@@ -395,12 +395,77 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
         return value, top.int(), bound, torch.isfinite(volume).all(1)
     mask = (1 << bits) - 1
     words = volume.view(torch.int32)  # (b,C,S')
-    largest = words.amax(2)  # (b,C)
-    quiet = (words.amin(2) >= 0) & (largest <= _QUIET_BITS)
+    largest, lowest = _row_extremes(words.view(b * C, S))
+    quiet = ((lowest >= 0) & (largest <= _QUIET_BITS)).view(b, C)
+    largest = largest.view(b, C)
     quiet_bound = torch.where(quiet, largest, 0).amax(1).view(torch.float32)  # (b,) 0 where none is
+    codes = torch.arange(1, C + 1, dtype=torch.int32, device=device)[:, None]  # (C,1) row + 1
+    most = int(torch.count_nonzero(~quiet, 1).max())  # the most classes a map reads
+    if most <= _FEW_LOUD:
+        top, runner, finite = _few_top_keys(words, quiet, most, codes, mask)
+    else:
+        top, runner, finite = _top_keys_by_map(words, quiet, codes, mask, scratch)
+    pixel = torch.arange(S, dtype=torch.int32, device=device)
+    first = torch.arange(b, device=device)[:, None] * (C * S)  # (b,1) each map's first value
+    value = volume.view(-1).index_select(0, (top.long() * S + pixel + first).view(-1)).view(b, S)  # (b*S',) -> (b,S')
+    # Up to the class bits: setting them rounds the runner-up's magnitude up.
+    bound = torch.maximum((runner | mask).view(torch.float32), quiet_bound[:, None])
+    return value, top, bound, finite
+
+
+def _row_extremes(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """The largest and the smallest of each row of (R,S') int32 `rows`: (R,) each. Block by block
+    of rows that fit in a core's cache, so that the second reduction reads them from there
+    (the 20 maps of 150 x 130 x 130 of a panorama: 22.4 -> 17.4 ms)."""
+    largest = torch.empty(len(rows), dtype=rows.dtype, device=rows.device)
+    lowest = torch.empty_like(largest)
+    for r in range(0, len(rows), _BLOCK_ROWS):
+        block = rows[r : r + _BLOCK_ROWS]
+        torch.amax(block, 1, out=largest[r : r + _BLOCK_ROWS])
+        torch.amin(block, 1, out=lowest[r : r + _BLOCK_ROWS])
+    return largest, lowest
+
+
+def _few_top_keys(words: Tensor, quiet: Tensor, most: int, codes: Tensor, mask: int) -> tuple[Tensor, ...]:
+    """`_top_class`'s keys when no map reads more than a few classes: the classes read of all b
+    maps gathered into (b,most,S') rows (the rest of a map's rows quiet ones, keyed 0), and the
+    largest and the runner-up kept row by row, three elementwise passes over (b,S') a row.
+
+    Args:
+        words: (b,C,S') int32 the maps' bits; quiet: (b,C) bool; codes: (C,1) int32 1..C.
+    Returns:
+        top: (b,S') int32 class (0 where a map reads none), runner: (b,S') int32 the runner-up's
+        key (0: none), finite: (b,S') bool.
+    """
+    b, C, S = words.shape
+    device = words.device
+    if most == 0:
+        zeros = torch.zeros(b, S, dtype=torch.int32, device=device)
+        return zeros, zeros.clone(), torch.ones(b, S, dtype=torch.bool, device=device)
+    order = torch.argsort(quiet.to(torch.uint8), dim=1, stable=True)[:, :most]  # (b,most) the classes read first
+    first = torch.arange(b, device=device)[:, None] * C  # (b,1) each map's first row
+    rows = words.view(b * C, S).index_select(0, (order + first).view(-1)).view(b, most, S)  # (b*most,S') -> (b,most,S')
+    keys = _class_keys(rows, codes[:most], mask, out=rows)
+    keys.masked_fill_(quiet.gather(1, order)[..., None], 0)  # below every key
+    top_key, runner = keys[:, 0].clone(), torch.zeros(b, S, dtype=torch.int32, device=device)
+    for i in range(1, most):
+        torch.maximum(runner, torch.minimum(top_key, keys[:, i]), out=runner)
+        torch.maximum(top_key, keys[:, i], out=top_key)
+    row = (top_key & mask).sub_(1).clamp_min_(0)  # (b,S') the top's row; 0 in a map that reads none
+    top = order.gather(1, row.long()).int()
+    return top, runner, top_key < _NONFINITE_KEY
+
+
+def _top_keys_by_map(
+    words: Tensor, quiet: Tensor, codes: Tensor, mask: int, scratch: Tensor | None
+) -> tuple[Tensor, ...]:
+    """`_top_class`'s keys map by map, for maps that read many classes: two integer
+    max-reductions over a map's (A,S') keys, the top knocked out between them. Arguments and
+    results as `_few_top_keys`'s; scratch: optional (C,S') int32."""
+    b, C, S = words.shape
+    device = words.device
     if scratch is None:
         scratch = torch.empty(C, S, dtype=torch.int32, device=device)
-    codes = torch.arange(1, C + 1, dtype=torch.int32, device=device)[:, None]  # (C,1) row + 1
     pixel = torch.arange(S, dtype=torch.int32, device=device)
     top = torch.zeros(b, S, dtype=torch.int32, device=device)  # class 0 where every class is quiet
     runner = torch.zeros(b, S, dtype=torch.int32, device=device)  # 0: below every key
@@ -422,11 +487,7 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
             torch.index_select(loud.int(), 0, row, out=top[k])
         else:
             top[k] = row
-    first = torch.arange(b, device=device)[:, None] * (C * S)  # (b,1) each map's first value
-    value = volume.view(-1).index_select(0, (top.long() * S + pixel + first).view(-1)).view(b, S)  # (b*S',) -> (b,S')
-    # Up to the class bits: setting them rounds the runner-up's magnitude up.
-    bound = torch.maximum((runner | mask).view(torch.float32), quiet_bound[:, None])
-    return value, top, bound, finite
+    return top, runner, finite
 
 
 def _candidates(layout: SlotLayout, values: Tensor, classes: Tensor, num_classes: int) -> Tensor:
@@ -464,6 +525,12 @@ _NONFINITE_KEY = 0x7F800000  # exponent all ones: infinities and NaN
 # view stays under it across a patch.
 _QUIET = 0.05
 _QUIET_BITS = int(torch.tensor(_QUIET, dtype=torch.float32).view(torch.int32))
+# Up to this many classes read per map, the top and runner-up are kept row by row for all maps
+# at once (`_few_top_keys`); beyond it, two reductions per map cost less.
+_FEW_LOUD = 16
+# Rows per block of `_row_extremes`: 32 rows of a 130 x 130 map are 2.1 MB, about the L2 of two
+# cores (24 to 50 rows measured alike, 8 as slow as no blocks).
+_BLOCK_ROWS = 32
 
 # Rows of `PanoramaFusion.sem`.
 _CLASS, _PROB, _BOUND = range(3)

@@ -242,7 +242,7 @@ def test_top_class_finds_the_top_and_bounds_the_rest():
     assert torch.equal(one, volume[0]) and not top_one.any() and not bound_one.any()
 
 
-def test_top_class_reads_only_classes_above_the_quiet_ones():
+def test_top_class_reads_only_classes_above_the_quiet_ones(monkeypatch):
     """Maps as Mask2Former's: a few classes far above `_QUIET` somewhere, the rest below it
     everywhere. Quiet classes raise the bound to the map's largest quiet value and nothing
     else; a class with a negative, infinite or NaN value is never quiet."""
@@ -281,6 +281,11 @@ def test_top_class_reads_only_classes_above_the_quiet_ones():
     assert torch.equal(top[sure].long(), maps.argmax(1)[sure])
     assert sure[:5].float().mean() > 0.99 and not sure[5].any()
     assert bool((bound[5] == fusion._QUIET).all())
+    # Maps that read many classes go map by map: the same results.
+    for few in (0, 150):
+        monkeypatch.setattr(fusion, "_FEW_LOUD", few)
+        for got, expected in zip(_top_class(maps.clone()), (value, top, bound, finite), strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
 
 
 def test_positions_are_nonzeros_of_sparse_dense_and_offset_masks():
