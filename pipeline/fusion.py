@@ -750,11 +750,14 @@ class PanoramaFusion:
         sizes = [stop - begin for begin, stop in itertools.pairwise(bounds)]
         grid = g.grid[sl]
         value, top, bound, finite = _top_class(probs.view(b, C, S), g.scratch((C, S), torch.int32))  # (b,S') each
-        cell = g.map_cell(h, w)[sl] - first * S  # (M_r,) where each entry's bilinear read starts, in the b maps
+        cell = g.map_cell(h, w)[sl]  # (M_r,) where each entry's bilinear read starts, in all the patches' maps
         out = self.sem[:, sl]  # (3,M_r) the run's entries, written in place
         # The shared top class of each entry's four map pixels (-1 = none), straight into its
-        # row as float32 (exact for class ids).
-        shared = torch.index_select(_uniform(top.view(b, h, w)).view(-1).float(), 0, cell, out=out[_CLASS])  # (M_r,)
+        # row as float32 (exact for class ids); read at the panorama-wide cells from a table
+        # whose first patches' part is never read.
+        shared_tops = torch.empty((first + b) * S, device=g.device)
+        shared_tops[first * S :] = _uniform(top.view(b, h, w)).view(-1)  # (b,S') -> (b*S',)
+        shared = torch.index_select(shared_tops, 0, cell, out=out[_CLASS])  # (M_r,)
         weight = g.entry_weights[sl]
         if confidence is not None:
             conf = [sample_points(confidence[k][None].float(), part)[0] for k, part in enumerate(grid.split(sizes))]
@@ -762,7 +765,7 @@ class PanoramaFusion:
         ok = None  # every entry reads finite values
         if not bool(finite.all()):  # an entry reads NaN when any of its four map pixels holds one
             self.nonfinite["semantic"] += int((~torch.isfinite(probs)).sum())
-            ok = _all_four(finite.view(b, h, w)).view(-1).index_select(0, cell)
+            ok = _all_four(finite.view(b, h, w)).view(-1).index_select(0, cell - first * S)
             weight = torch.where(ok, weight, 0.0)
         if confidence is not None or ok is not None:
             if self.sem_weight is None:
