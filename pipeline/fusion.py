@@ -360,18 +360,18 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
     out negative, infinite and NaN values too) is quiet in that map, and the bound takes in
     the map's largest quiet value instead of reading those classes again. It pays when most
     classes are of nothing in a patch's view (2 to 4 of 150 are not quiet in the benchmark's
-    maps): two reductions over every class, then four passes over the others, where there
-    were four over every class.
+    maps): two reductions over every class and a few passes over the others, against four
+    passes over every class without it.
 
-    Two integer max-reductions over the other classes of each map do the rest: each value's
-    bits with the sign and the low bits cleared order the values' magnitudes, row codes are
-    written into those low bits, and the largest key then carries its row; the same after
-    knocking that one out gives the runner-up's magnitude up to those bits, rounded up into a
-    bound (integer reductions are faster than float ones, which check for NaN). When the
-    runner-up is within those bits of the largest, or the largest magnitude is a negative
-    value's, or no class is above the quiet ones, the class found may not be the largest, but
-    then the bound is at least its value, which the callers read as "not certain". A
-    non-finite value's key (its exponent all ones) is above every finite one's.
+    The other classes' values become integer keys: each value's bits with the sign and the
+    low bits cleared order the values' magnitudes, and row codes written into those low bits
+    carry the row. The largest key per pixel gives the top class, the runner-up's key its
+    magnitude up to those bits, rounded up into a bound (`_few_top_keys`, `_top_keys_by_map`;
+    integer comparisons are faster than float ones, which check for NaN). When the runner-up
+    is within those bits of the largest, or the largest magnitude is a negative value's, or no
+    class is above the quiet ones, the class found may not be the largest, but then the bound
+    is at least its value, which the callers read as "not certain". A non-finite value's key
+    (its exponent all ones) is above every finite one's.
 
     Args:
         volume: (b,C,S') float32, contiguous.
@@ -426,7 +426,7 @@ def _row_extremes(rows: Tensor) -> tuple[Tensor, Tensor]:
     return largest, lowest
 
 
-def _few_top_keys(words: Tensor, quiet: Tensor, most: int, codes: Tensor, mask: int) -> tuple[Tensor, ...]:
+def _few_top_keys(words: Tensor, quiet: Tensor, most: int, codes: Tensor, mask: int) -> tuple[Tensor, Tensor, Tensor]:
     """`_top_class`'s keys when no map reads more than a few classes: the classes read of all b
     maps gathered into (b,most,S') rows (the rest of a map's rows quiet ones, keyed 0), and the
     largest and the runner-up kept row by row, three elementwise passes over (b,S') a row.
@@ -458,7 +458,7 @@ def _few_top_keys(words: Tensor, quiet: Tensor, most: int, codes: Tensor, mask: 
 
 def _top_keys_by_map(
     words: Tensor, quiet: Tensor, codes: Tensor, mask: int, scratch: Tensor | None
-) -> tuple[Tensor, ...]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """`_top_class`'s keys map by map, for maps that read many classes: two integer
     max-reductions over a map's (A,S') keys, the top knocked out between them. Arguments and
     results as `_few_top_keys`'s; scratch: optional (C,S') int32."""
