@@ -13,19 +13,29 @@ Printed, all measured in this run, on this machine:
    relative depth teacher, whose alignment solves a scale and a shift per patch). The
    reference is pyequilib's `pers2equi` re-projecting the same 20 RGB patches to the same
    label size, in a process of its own (`Pers2EquiReference`), run after every panorama
-   (interleaved), median. Targets: the non-teacher total at most 0.35x `pers2equi`;
-   semantic fusion at most 2x depth fusion. The first call of a run is left out (it also
-   computes how teacher maps of a new resolution are read).
+   (interleaved), median; and the same with its freed memory kept for reuse, as the
+   labeller keeps its own (`pipeline.memory`), which speeds `pers2equi` more than it speeds
+   us. Targets: the non-teacher total at most 0.35x `pers2equi`; semantic fusion at most 2x
+   depth fusion. The first call of a run is left out (it also computes how teacher maps of
+   a new resolution are read).
 2. Start-up of `mtpano labels` with Ray and one worker, as a user runs it: process start to
    the first panorama's row, against `ray.init` alone (in another process); target: at most
    10 s more. The pieces are measured apart: the driver's imports, `ray.init`, the worker's
    set-up (teachers, the layout's correspondences and seams) and its first call.
 3. A randomly initialised Depth Anything V2 of the Small size (same compute as the real
    checkpoint), loaded through `hf:`: the pipeline's throughput against the teacher's own
-   forward passes on the same patches (target >= 0.9), and Ray with 2 workers against 1
+   forward passes on the same patches, with freed memory kept as in the workers (target >=
+   0.9), and Ray with 2 workers against 1
    (target >= 1.7x). Steady state, from the times the workers finished each panorama.
+4. Fusion alone (`PanoramaFusion`) on every device there is (the CPU, and a CUDA GPU when
+   present), the no-cost teachers' outputs already on the device: milliseconds per panorama
+   for each task alone and all three, at every label size of section 1, interleaved, median,
+   with freed memory kept as in the workers. Semantic twice: with maps the caller keeps, and
+   with maps given fresh for each panorama as a teacher gives them, so that the fusion's
+   finish releases them, as in the pipeline. Target on a GPU: all three tasks under 20 ms at
+   512x1024.
 
-`python -m benchmarks.bench_labels [cost] [startup] [teacher]` runs some of the sections.
+`python -m benchmarks.bench_labels [cost] [startup] [teacher] [fusion]` runs some of the sections.
 """
 
 from __future__ import annotations
@@ -40,19 +50,24 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import free_teachers
 from benchmarks.timing import machine, table
 from pipeline.config import LabelConfig, RunOptions
+from pipeline.fusion import FusionGeometry, PanoramaFusion
 from pipeline.images import decode_batch, find_panoramas, read_panorama
-from pipeline.labeler import STAGES, PanoramaLabeler
+from pipeline.labeler import STAGES, TEACHER_ORDER, PanoramaLabeler
+from pipeline.memory import freed_memory_kept, keep_freed_memory
 from pipeline.run import prepare_store, resolve_teachers, run_labels, store_spec
-from pipeline.teachers.base import TeacherCameras
+from pipeline.teachers.base import METRIC_ZDEPTH, TeacherCameras
 from pipeline.teachers.registry import load_teacher, resolve
+from spherical.ade20k import ADE20K_CLASSES
 from spherical.equilib_adapter import _equilib_rotation, _zyx_angles
 from spherical.sampling import erp_to_patches
 from storage.labelstore import LabelStore
@@ -141,8 +156,11 @@ def pers2equi_timer(config: LabelConfig, source: str):
     return run
 
 
-def _pers2equi_child(conn, config: LabelConfig, source: str) -> None:
-    """The reference's process: time `pers2equi` each time the parent asks; None stops it."""
+def _pers2equi_child(conn, config: LabelConfig, source: str, keep_memory: bool) -> None:
+    """The reference's process: time `pers2equi` each time the parent asks; None stops it.
+    With `keep_memory`, its freed memory is kept for reuse, as the labelling workers do."""
+    if keep_memory:
+        keep_freed_memory()
     run = pers2equi_timer(config, source)
     conn.send("ready")
     while conn.recv() is not None:
@@ -150,16 +168,16 @@ def _pers2equi_child(conn, config: LabelConfig, source: str) -> None:
 
 
 class Pers2EquiReference:
-    """pyequilib's `pers2equi` in a process of its own, as a user runs it, so that the
-    labeller's memory state does not change its times: in the labeller's process (with a
-    malloc setting that was being tried) its median at 512x1024 once swung from 0.7 s to
-    0.39 s between two cases of one run. Each call times one run (interleaved with the
-    panoramas, so both see the same load)."""
+    """pyequilib's `pers2equi` in a process of its own, as a user runs it (or with its freed
+    memory kept, as the labelling workers keep theirs), so that the labeller's memory state
+    does not change its times: in the labeller's process, with a malloc setting that was being
+    tried, its median at 512x1024 once swung from 0.7 s to 0.39 s between two cases of one run.
+    Each call times one run (interleaved with the panoramas, so both see the same load)."""
 
-    def __init__(self, config: LabelConfig, source: str) -> None:
+    def __init__(self, config: LabelConfig, source: str, keep_memory: bool = False) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_pers2equi_child, args=(child, config, source), daemon=True)
+        self.process = context.Process(target=_pers2equi_child, args=(child, config, source, keep_memory), daemon=True)
         self.process.start()
         assert self.conn.recv() == "ready", "the pers2equi reference did not start"
 
@@ -177,23 +195,30 @@ def non_teacher_cost(data: Path, root: Path, case: Case) -> dict[str, float]:
     total, and `pers2equi` interleaved with the panoramas."""
     config = case.config()
     sources = sorted(str(p) for p in data.glob("*.png"))
-    reference = Pers2EquiReference(config, sources[0])
-    reference_seconds: list[float] = []
+    references = {"pers2equi": Pers2EquiReference(config, sources[0])}
+    references["pers2equi_kept"] = Pers2EquiReference(config, sources[0], keep_memory=True)
+    reference_seconds: dict[str, list[float]] = {name: [] for name in references}
+
+    def time_references(_: dict) -> None:
+        for name, reference in references.items():
+            reference_seconds[name].append(reference())
+
     options = RunOptions(in_process=True)
     try:
         summary = run_labels(
-            str(data), str(root / f"cost-{case.name}-{case.task_names}"), config, options,
-            on_result=lambda _: reference_seconds.append(reference()),
-        )  # fmt: skip
+            str(data), str(root / f"cost-{case.name}-{case.task_names}"), config, options, on_result=time_references
+        )
     finally:
-        reference.close()
+        for reference in references.values():
+            reference.close()
     assert summary.exit_code == 0, summary.failed
     rows = sorted(LabelStore.open(summary.store).rows(), key=lambda r: r["index"])[options.panoramas_per_call :]
     out = {stage: median([r[f"t_{stage}"] for r in rows]) for stage in STAGES}
     for task in case.tasks:
         out[f"fuse_{task}"] = median([r[f"t_fuse_{task}"] for r in rows])
     out["non_teacher"] = median([sum(r[f"t_{s}"] for s in NON_TEACHER) for r in rows])
-    out["pers2equi"] = median(reference_seconds[options.panoramas_per_call :])
+    for name, seconds in reference_seconds.items():
+        out[name] = median(seconds[options.panoramas_per_call :])
     return out
 
 
@@ -216,18 +241,21 @@ def cost_section(data: Path, root: Path) -> None:
                 per_task,
                 *(f"{r[s]:.3f}" for s in ("figures", "write", "non_teacher", "pers2equi")),
                 f"{r['non_teacher'] / r['pers2equi']:.2f}",
+                f"{r['pers2equi_kept']:.3f}",
+                f"{r['non_teacher'] / r['pers2equi_kept']:.2f}",
                 f"{load:.1f}",
             )
         )
         print(f"  {case.name} {case.task_names}: done", file=sys.stderr)
     header = (
         "labels", "tasks", "decode", "sample", "fuse", "fuse depth / semantic / normals", "figures", "write",
-        "non-teacher", "pers2equi", "ratio", "load",
+        "non-teacher", "pers2equi", "ratio", "pers2equi, memory kept", "ratio to it", "load",
     )  # fmt: skip
     print(table(rows, header))
     print()
     print("ratio: non-teacher total / pers2equi on the same 20 patches to the same label size (target <= 0.35);")
-    print("load: the machine's 1-minute load average when the case started.")
+    print("pers2equi, memory kept: the same with its freed memory kept for reuse, as the labeller's workers")
+    print("keep theirs (`pipeline.memory`); load: the machine's 1-minute load average when the case started.")
 
 
 # ---------------------------------------------------------------------- 2. start-up
@@ -387,7 +415,8 @@ def teacher_section(root: Path) -> None:
     sources = sorted(str(p) for p in (data / "images").glob("*.png"))
     threads = torch.get_num_threads()
 
-    teacher = teacher_rate(config, sources)
+    with freed_memory_kept():  # as the workers run it
+        teacher = teacher_rate(config, sources)
     in_process, store = pipeline_run(
         data / "images", root / "in-process", config, RunOptions(in_process=True, panoramas_per_call=1)
     )
@@ -430,8 +459,102 @@ def teacher_section(root: Path) -> None:
     )
 
 
+# ---------------------------------------------------------------------- 4. fusion alone
+FUSION_PANORAMAS = 10  # timed per contender, after one warm-up
+FUSION_CASES = ((512, None), (1024, None), (1024, 90.0))  # label height, FoV (None: the layout's)
+
+
+def fusion_contenders(device: torch.device, erp_height: int, fov_deg: float | None) -> dict[str, Callable[[], float]]:
+    """Functions that fuse one panorama with `PanoramaFusion` (the layout's 20 patches in
+    teacher batches of 8, as the labeller gives them), the no-cost teachers' outputs already
+    on `device`: each task alone, semantic with fresh maps, and all three (fresh maps)."""
+    config = LabelConfig(erp_height=erp_height, fov_deg=fov_deg)
+    cameras = config.patch_layout().cameras(config.patch_size)
+    geometry = FusionGeometry.build(cameras.to(device), erp_height, config.fusion)
+    P = len(cameras)
+    teacher_cameras = TeacherCameras.from_cameras(cameras, ["bench"] * P)
+    images = torch.zeros(P, 3, config.patch_size, config.patch_size)
+    outputs = {  # made on the CPU, then moved
+        "depth": free_teachers.depth().predict(images, teacher_cameras).to(device),  # (P,h,w)
+        "semantic": free_teachers.semantic().predict(images, teacher_cameras).to(device),  # (P,150,h/4,w/4)
+        "normals": free_teachers.normals().predict(images, teacher_cameras).to(device),  # (P,3,h,w)
+    }
+    batches = [list(range(start, min(P, start + 8))) for start in range(0, P, 8)]
+
+    def fuse(tasks: tuple[str, ...], fresh_maps: bool) -> float:
+        """Seconds to fuse one panorama of `tasks`."""
+        # Fresh maps are cloned before the clock starts (a teacher's page faults are its own);
+        # the fusion then holds the only reference, so its finish releases them.
+        given = {task: [outputs[task][ids[0] : ids[-1] + 1] for ids in batches] for task in tasks}
+        if fresh_maps and "semantic" in tasks:
+            given["semantic"] = [maps.clone() for maps in given["semantic"]]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        began = time.perf_counter()
+        fusion = PanoramaFusion(
+            geometry,
+            config.fusion,
+            METRIC_ZDEPTH if "depth" in tasks else None,
+            len(ADE20K_CLASSES) if "semantic" in tasks else None,
+            normals="normals" in tasks,
+        )
+        for task in (t for t in TEACHER_ORDER if t in tasks):
+            add = {"depth": fusion.add_depth, "semantic": fusion.add_semantic, "normals": fusion.add_normals}[task]
+            for ids, batch in zip(batches, given[task], strict=True):
+                add(ids, batch)
+        given.clear()
+        fusion.finish()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - began
+
+    return {
+        "depth": lambda: fuse(("depth",), False),
+        "normals": lambda: fuse(("normals",), False),
+        "semantic": lambda: fuse(("semantic",), False),
+        "semantic_fresh": lambda: fuse(("semantic",), True),
+        "all": lambda: fuse(("depth", "semantic", "normals"), True),
+    }
+
+
+def fusion_section() -> None:
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"## fusion alone, ms per panorama (outputs on the device; medians of {FUSION_PANORAMAS}, interleaved)")
+    print()
+    rows = []
+    for device in devices:
+        for erp_height, fov_deg in FUSION_CASES:
+            contenders = fusion_contenders(device, erp_height, fov_deg)
+            times: dict[str, list[float]] = {name: [] for name in contenders}
+            with freed_memory_kept():  # as the workers run
+                for fn in contenders.values():  # warm-up: the first call computes how maps are read
+                    fn()
+                for _ in range(FUSION_PANORAMAS):
+                    for name, fn in contenders.items():
+                        times[name].append(fn())
+            ms = {name: 1000 * median(t) for name, t in times.items()}
+            name = Case(erp_height, fov_deg, ()).name
+            rows.append(
+                (
+                    device.type,
+                    name,
+                    *(f"{ms[k]:.1f}" for k in ("depth", "normals", "semantic", "semantic_fresh", "all")),
+                    f"{ms['semantic'] / ms['depth']:.2f} / {ms['semantic_fresh'] / ms['depth']:.2f}",
+                )
+            )
+            print(f"  fusion {device.type} {name}: done", file=sys.stderr)
+    header = (
+        "device", "labels", "depth", "normals", "semantic, maps kept", "semantic, maps fresh",
+        "all three (fresh)", "semantic / depth (kept / fresh)",
+    )  # fmt: skip
+    print(table(rows, header))
+    print()
+    print("semantic, maps fresh: the fusion's finish releases the teacher's maps, as in the pipeline;")
+    print("target on a GPU: all three under 20 ms at 512x1024.")
+
+
 def main() -> None:
-    sections = sys.argv[1:] or ["cost", "startup", "teacher"]
+    sections = sys.argv[1:] or ["cost", "startup", "teacher", "fusion"]
     root = Path(tempfile.mkdtemp(prefix="bench-labels-"))
     print(f"bench-labels: synthetic {2 * PANORAMA_HEIGHT}x{PANORAMA_HEIGHT} panoramas, 20 icosahedron patches 518x518")
     print(f"machine: {machine()}")
@@ -447,6 +570,9 @@ def main() -> None:
         print()
     if "teacher" in sections:
         teacher_section(root)
+        print()
+    if "fusion" in sections:
+        fusion_section()
 
 
 if __name__ == "__main__":

@@ -59,3 +59,7 @@ class RunOptions:
     consolidate_every_s: float = 30.0
     # Label in this process, one call at a time, without Ray (debugging a teacher plugin).
     in_process: bool = False
+    # Workers keep the memory they free for reuse instead of handing it back to the system
+    # (glibc; `pipeline.memory`): CPU teachers and large temporaries stop faulting in fresh
+    # pages, and a worker holds its peak while it runs. In this process: while the run lasts.
+    keep_freed_memory: bool = True

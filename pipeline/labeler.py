@@ -61,7 +61,7 @@ class _Panorama:
 # Semantic first: its class maps (203 MB a panorama at 512x1024) stream through the caches
 # before depth and normals write their per-entry state, which is then warmer when fused (all
 # three fused at 512x1024: 185 -> 172 ms, medians of six interleaved runs of eight panoramas).
-_TEACHER_ORDER = ("semantic", "depth", "normals")
+TEACHER_ORDER = ("semantic", "depth", "normals")
 
 
 def _unpack(output: Tensor | Prediction) -> tuple[Tensor, Tensor | None]:
@@ -293,7 +293,7 @@ class PanoramaLabeler:
             pano.seconds["sample"] = time.perf_counter() - began
         if live:
             try:
-                for task in _TEACHER_ORDER:
+                for task in TEACHER_ORDER:
                     if task in self.teachers and not self.resolved[task].from_depth:
                         self._run_teacher(task, all_patches, owners, panos)
             except Exception as err:  # a teacher failure fails the panoramas of this call, not the run

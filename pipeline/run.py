@@ -28,6 +28,7 @@ import numpy as np
 from pipeline.config import LabelConfig, RunOptions
 from pipeline.images import decode_batch, find_panoramas
 from pipeline.labeler import PanoramaLabeler
+from pipeline.memory import freed_memory_kept, keep_freed_memory
 from pipeline.teachers.base import METRIC_ZDEPTH, TeacherError
 from pipeline.teachers.registry import ResolvedTeacher, check_teacher_set, resolve
 from storage.labelstore import STATUS_FAILED, STATUS_OK, LabelStore, PanoramaEntry, StoreError, StoreSpec
@@ -268,25 +269,29 @@ def _run_in_process(
     summary: RunSummary,
     on_result: ProgressCallback | None,
 ) -> None:
-    built = worker(store_url=store.url, threads=options.threads_per_worker, **worker_kwargs)
-    step = options.panoramas_per_call
-    for start in range(0, len(todo), step):
-        chunk = todo[start : start + step]
-        batch = {
-            "index": np.array([r["index"] for r in chunk], np.int64),
-            "pano_id": np.array([r["pano_id"] for r in chunk], dtype=object),
-            "source": np.array([r["source"] for r in chunk], dtype=object),
-        }
-        results = built(decode_batch(batch))
-        for k in range(len(chunk)):
-            _count(summary, {key: values[k] for key, values in results.items()}, on_result)
+    with freed_memory_kept(options.keep_freed_memory):
+        built = worker(store_url=store.url, threads=options.threads_per_worker, **worker_kwargs)
+        step = options.panoramas_per_call
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            batch = {
+                "index": np.array([r["index"] for r in chunk], np.int64),
+                "pano_id": np.array([r["pano_id"] for r in chunk], dtype=object),
+                "source": np.array([r["source"] for r in chunk], dtype=object),
+            }
+            results = built(decode_batch(batch))
+            for k in range(len(chunk)):
+                _count(summary, {key: values[k] for key, values in results.items()}, on_result)
+        del built  # its memory is given back with the rest as the block ends
 
 
 class _Actor:
     """A Ray actor that builds a worker (a `PanoramaLabeler`, a `PanoramaPredictor`) in its own
     process once, then hands it one call of panoramas at a time."""
 
-    def __init__(self, worker: type, kwargs: dict[str, Any]) -> None:
+    def __init__(self, worker: type, kwargs: dict[str, Any], keep_memory: bool) -> None:
+        if keep_memory:
+            keep_freed_memory()  # the actor's process is the worker's alone
         self.worker = worker(**kwargs)
 
     def call(self, *decoded: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -316,7 +321,8 @@ def _run_with_ray(
     decode = ray.remote(num_cpus=_DECODE_CPUS)(decode_batch)
     actor_class = ray.remote(_Actor).options(max_restarts=-1, max_task_retries=-1, **resources)
     kwargs = {"store_url": store.url, "threads": threads, **worker_kwargs}
-    actors = [actor_class.remote(worker, kwargs) for _ in range(min(workers, -(-len(todo) // step)))]
+    count = min(workers, -(-len(todo) // step))
+    actors = [actor_class.remote(worker, kwargs, options.keep_freed_memory) for _ in range(count)]
     running: dict[Any, Any] = {}  # the result of a call -> its actor
 
     def submit(actor: Any) -> None:

@@ -416,3 +416,19 @@ def test_nearest_blend_takes_each_pixel_from_the_patch_nearest_its_axis(room):
 def test_unknown_blend_is_refused():
     with pytest.raises(ValueError, match="unknown fusion blend 'soft'"):
         FusionConfig(blend="soft")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fuses_as_the_cpu(room):
+    """The fusion on a GPU, geometry and teacher outputs there, gives the CPU's labels: the
+    same classes but at a few near ties (sums in another order), values to float32 rounding."""
+    config = FusionConfig()
+    outputs = dict(
+        depth=room["depth"], normals=room["normals"], probs=room["dense"], probs_confidence=room["confidence"]
+    )
+    cpu, _, _ = fuse(room["cameras"], config, **outputs)
+    gpu, _, _ = fuse(room["cameras"].to("cuda"), config, **{k: v.cuda() for k, v in outputs.items()})
+    assert gpu.semantic.device.type == "cuda"
+    assert (gpu.semantic.cpu() != cpu.semantic).float().mean() < 1e-3
+    for name in ("depth", "depth_confidence", "normals", "normals_confidence", "semantic_confidence"):
+        torch.testing.assert_close(getattr(gpu, name).cpu(), getattr(cpu, name), rtol=1e-4, atol=1e-5, equal_nan=True)
