@@ -42,7 +42,8 @@ def keep_freed_memory() -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM))
+    return all([bool(libc.mallopt(parameter, value)) for parameter, value in settings])  # both tried
 
 
 def release_freed_memory() -> None:
@@ -59,10 +60,12 @@ def release_freed_memory() -> None:
 @contextlib.contextmanager
 def freed_memory_kept(enabled: bool = True) -> Iterator[None]:
     """Keep freed memory for reuse (`keep_freed_memory`) inside the block, and give it back
-    after it (`release_freed_memory`); nothing when not `enabled`."""
-    if not enabled or not keep_freed_memory():
+    after it (`release_freed_memory`, also when only one setting took); nothing when not
+    `enabled`."""
+    if not enabled:
         yield
         return
+    keep_freed_memory()
     try:
         yield
     finally:
