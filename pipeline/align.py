@@ -65,7 +65,9 @@ class _NormalEquations:
     def __init__(self, cols: list[Tensor], vals: list[Tensor], group: Tensor, groups: int, size: int) -> None:
         upper = [(r, s) for r in range(len(vals)) for s in range(r, len(vals))]  # the products with r <= s
         self.size, self.group, self.groups = size, group, groups
-        self.products = torch.stack([vals[r] * vals[s] for r, s in upper], 1)  # (K,U)
+        # (U,K): a product per row, as a CPU index_add along the last dimension adds row by row
+        # (1.7 ms for 100k pairs) where one along the first adds (K,U) rows of U (3.8 ms).
+        self.products = torch.stack([vals[r] * vals[s] for r, s in upper])  # (U,K)
         # The cells of each group's products, from any of its rows (unused groups add zeros).
         columns = torch.zeros(groups, len(cols), dtype=torch.int64, device=group.device)
         columns.index_copy_(0, group, torch.stack(cols, 1))  # (G,m)
@@ -73,10 +75,11 @@ class _NormalEquations:
 
     def __call__(self, weights: Tensor) -> Tensor:
         """(size,size) float64 A for (K,) weights."""
-        sums = torch.zeros(self.groups, self.products.shape[1], dtype=torch.float64, device=weights.device)
-        sums.index_add_(0, self.group, weights[:, None] * self.products)  # (G,U)
+        sums = torch.zeros(self.products.shape[0], self.groups, dtype=torch.float64, device=weights.device)
+        sums.index_add_(1, self.group, self.products * weights)  # (U,G)
         upper = torch.zeros(self.size * self.size, dtype=torch.float64, device=weights.device)
-        upper = upper.index_add_(0, self.cells, sums.view(-1)).view(self.size, self.size)  # diagonal + one triangle
+        sums = sums.T.reshape(-1)  # (U,G) -> (G*U,), as the cells
+        upper = upper.index_add_(0, self.cells, sums).view(self.size, self.size)  # diagonal + one triangle
         # The products with r < s stand for both (r, s) and (s, r): off the diagonal, as the
         # columns of a row are distinct.
         return upper + upper.T - torch.diag(torch.diagonal(upper))
@@ -183,6 +186,9 @@ def align_affine_disparity(
     for _ in range(iterations + 1):
         A = normal_equations(weights * robust)
         theta = _solve_constrained(A, torch.zeros(2 * P, dtype=torch.float64, device=device), c, target)
-        res = sum(v * theta.index_select(0, col) for v, col in zip(vals, cols, strict=True))  # (K,)
+        at = [theta.index_select(0, col) for col in cols]  # 4 (K,)
+        res = torch.mul(vals[0], at[0])  # (K,)
+        for v, t in zip(vals[1:], at[1:], strict=True):
+            res.addcmul_(v, t)
         robust = _robust_weights(res)
     return Alignment(theta[:P], theta[P:], _rms(res, weights * robust), residual_before, len(a))

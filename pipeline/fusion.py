@@ -399,15 +399,15 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
     quiet = ((lowest >= 0) & (largest <= _QUIET_BITS)).view(b, C)
     largest = largest.view(b, C)
     quiet_bound = torch.where(quiet, largest, 0).amax(1).view(torch.float32)  # (b,) 0 where none is
-    codes = torch.arange(1, C + 1, dtype=torch.int32, device=device)[:, None]  # (C,1) row + 1
     most = int(torch.count_nonzero(~quiet, 1).max())  # the most classes a map reads
     if most <= _FEW_LOUD:
-        top, runner, finite = _few_top_keys(words, quiet, most, codes, mask)
+        value, top, runner, finite = _few_top_keys(words, quiet, most, mask)
     else:
-        top, runner, finite = _top_keys_by_map(words, quiet, codes, mask, scratch)
-    pixel = torch.arange(S, dtype=torch.int32, device=device)
-    first = torch.arange(b, device=device)[:, None] * (C * S)  # (b,1) each map's first value
-    value = volume.view(-1).index_select(0, (top.long() * S + pixel + first).view(-1)).view(b, S)  # (b*S',) -> (b,S')
+        top, runner, finite = _top_keys_by_map(words, quiet, mask, scratch)
+        pixel = torch.arange(S, dtype=torch.int32, device=device)
+        first = torch.arange(b, device=device)[:, None] * (C * S)  # (b,1) each map's first value
+        at = (top.long() * S + pixel + first).view(-1)  # (b*S',) the top's value of each pixel
+        value = volume.view(-1).index_select(0, at).view(b, S)  # (b*S',) -> (b,S')
     # Up to the class bits: setting them rounds the runner-up's magnitude up.
     bound = torch.maximum((runner | mask).view(torch.float32), quiet_bound[:, None])
     return value, top, bound, finite
@@ -416,7 +416,10 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
 def _row_extremes(rows: Tensor) -> tuple[Tensor, Tensor]:
     """The largest and the smallest of each row of (R,S') int32 `rows`: (R,) each. Block by block
     of rows that fit in a core's cache, so that the second reduction reads them from there
-    (the 20 maps of 150 x 130 x 130 of a panorama: 22.4 -> 17.4 ms)."""
+    (the 20 maps of 150 x 130 x 130 of a panorama: 22.4 -> 17.4 ms). Elsewhere than on a CPU
+    in two reductions, not a pair of kernels per block."""
+    if rows.device.type != "cpu":
+        return torch.amax(rows, 1), torch.amin(rows, 1)
     largest = torch.empty(len(rows), dtype=rows.dtype, device=rows.device)
     lowest = torch.empty_like(largest)
     for r in range(0, len(rows), _BLOCK_ROWS):
@@ -426,47 +429,51 @@ def _row_extremes(rows: Tensor) -> tuple[Tensor, Tensor]:
     return largest, lowest
 
 
-def _few_top_keys(words: Tensor, quiet: Tensor, most: int, codes: Tensor, mask: int) -> tuple[Tensor, Tensor, Tensor]:
+def _few_top_keys(words: Tensor, quiet: Tensor, most: int, mask: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`_top_class`'s keys when no map reads more than a few classes: the classes read of all b
-    maps gathered into (b,most,S') rows (the rest of a map's rows quiet ones, keyed 0), and the
-    largest and the runner-up kept row by row, three elementwise passes over (b,S') a row.
+    maps gathered into (b,most,S') rows and keyed with their row + 1 (the rest of a map's rows
+    quiet ones, keyed 0), and the largest and the runner-up kept row by row, three elementwise
+    passes over (b,S') a row.
 
     Args:
-        words: (b,C,S') int32 the maps' bits; quiet: (b,C) bool; codes: (C,1) int32 1..C.
+        words: (b,C,S') int32 the maps' bits; quiet: (b,C) bool.
     Returns:
-        top: (b,S') int32 class (0 where a map reads none), runner: (b,S') int32 the runner-up's
-        key (0: none), finite: (b,S') bool.
+        value: (b,S') float32 the top's value, read from the rows (in cache, unlike the maps);
+        top: (b,S') int32 class (0 where a map reads none); runner: (b,S') int32 the
+        runner-up's key (0: none); finite: (b,S') bool.
     """
     b, C, S = words.shape
     device = words.device
     if most == 0:
         zeros = torch.zeros(b, S, dtype=torch.int32, device=device)
-        return zeros, zeros.clone(), torch.ones(b, S, dtype=torch.bool, device=device)
+        return words[:, 0].view(torch.float32).clone(), zeros, zeros.clone(), torch.ones_like(zeros, dtype=torch.bool)
     order = torch.argsort(quiet.to(torch.uint8), dim=1, stable=True)[:, :most]  # (b,most) the classes read first
     first = torch.arange(b, device=device)[:, None] * C  # (b,1) each map's first row
     rows = words.view(b * C, S).index_select(0, (order + first).view(-1)).view(b, most, S)  # (b*most,S') -> (b,most,S')
-    keys = _class_keys(rows, codes[:most], mask, out=rows)
-    keys.masked_fill_(quiet.gather(1, order)[..., None], 0)  # below every key
-    top_key, runner = keys[:, 0].clone(), torch.zeros(b, S, dtype=torch.int32, device=device)
+    codes = torch.arange(1, most + 1, dtype=torch.int32, device=device)[:, None]  # (most,1) row + 1
+    keys = _class_keys(rows, codes, mask)  # (b,most,S'), the rows kept for the values
+    padded = torch.nonzero(quiet.gather(1, order).view(-1)).squeeze(1)  # rows of quiet classes
+    if padded.numel():
+        keys.view(b * most, S).index_fill_(0, padded, 0)  # below every key
+    top_key, runner = keys[:, 0], torch.zeros(b, S, dtype=torch.int32, device=device)
     for i in range(1, most):
         torch.maximum(runner, torch.minimum(top_key, keys[:, i]), out=runner)
         torch.maximum(top_key, keys[:, i], out=top_key)
-    row = (top_key & mask).sub_(1).clamp_min_(0)  # (b,S') the top's row; 0 in a map that reads none
-    top = order.gather(1, row.long()).int()
-    return top, runner, top_key < _NONFINITE_KEY
+    row = (top_key & mask).sub_(1).clamp_min_(0).long()  # (b,S') the top's row; 0 in a map that reads none
+    value = rows.gather(1, row[:, None]).view(b, S).view(torch.float32)  # (b,1,S') -> (b,S')
+    return value, order.gather(1, row).int(), runner, top_key < _NONFINITE_KEY
 
 
-def _top_keys_by_map(
-    words: Tensor, quiet: Tensor, codes: Tensor, mask: int, scratch: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
+def _top_keys_by_map(words: Tensor, quiet: Tensor, mask: int, scratch: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """`_top_class`'s keys map by map, for maps that read many classes: two integer
     max-reductions over a map's (A,S') keys, the top knocked out between them. Arguments and
-    results as `_few_top_keys`'s; scratch: optional (C,S') int32."""
+    results as `_few_top_keys`'s but the value; scratch: optional (C,S') int32."""
     b, C, S = words.shape
     device = words.device
     if scratch is None:
         scratch = torch.empty(C, S, dtype=torch.int32, device=device)
     pixel = torch.arange(S, dtype=torch.int32, device=device)
+    codes = torch.arange(1, C + 1, dtype=torch.int32, device=device)[:, None]  # (C,1) row + 1
     top = torch.zeros(b, S, dtype=torch.int32, device=device)  # class 0 where every class is quiet
     runner = torch.zeros(b, S, dtype=torch.int32, device=device)  # 0: below every key
     finite = torch.ones(b, S, dtype=torch.bool, device=device)
@@ -547,12 +554,13 @@ def _uniform(top: Tensor) -> Tensor:
     """(...,h,w) per-pixel classes -> (...,h*w) int32: for each pixel the class of its 2 x 2
     block (itself, right, below, below right, clamped at the last row and column) when all four
     share it, else -1. An entry whose bilinear read starts at that pixel reads only that class's
-    top pixels."""
-    right = torch.cat((top[..., 1:], top[..., -1:]), -1)  # (...,h,w), x + 1 clamped
-    below = torch.cat((top[..., 1:, :], top[..., -1:, :]), -2)
-    diagonal = torch.cat((right[..., 1:, :], right[..., -1:, :]), -2)
-    same = (top == right) & (top == below) & (top == diagonal)
-    return torch.where(same, top, -1).flatten(-2)
+    top pixels. On the last column the block is the pixel and the one below it, on the last row
+    the pixel and its right one: the below-right comparison is only needed inside."""
+    differs = torch.zeros(top.shape, dtype=torch.bool, device=top.device)  # (...,h,w)
+    torch.ne(top[..., :-1], top[..., 1:], out=differs[..., :-1])  # right
+    differs[..., :-1, :] |= top[..., :-1, :] != top[..., 1:, :]  # below
+    differs[..., :-1, :-1] |= top[..., :-1, :-1] != top[..., 1:, 1:]  # below right
+    return top.masked_fill(differs, -1).flatten(-2)
 
 
 def _all_four(flags: Tensor) -> Tensor:
@@ -787,13 +795,14 @@ class PanoramaFusion:
         unsettled = (shared < 0) | (p_top <= u)
         if ok is not None:
             unsettled &= ok
-        # A map is needed later if an entry may add something unknown to a class; a map too
-        # large to keep is fused exactly at once instead.
+        # A map is needed later if an entry may add something unknown to a class: if any of its
+        # pixels has a bound that is not negligible (an entry's bound lies within its pixels';
+        # a non-finite pixel's entries weigh nothing). A map too large to keep is fused exactly
+        # at once instead.
         needed = [False] * b
-        if self.top_k > 1:  # each map's largest bound; a NaN one (an entry reading a NaN) adds nothing
-            bounds_ok = u if ok is None else torch.where(ok, u, 0.0)
-            largest = [part.amax() if part.numel() else u.new_zeros(()) for part in bounds_ok.split(sizes)]
-            needed = (torch.stack(largest) > _NEGLIGIBLE).tolist()
+        if self.top_k > 1:
+            largest = (bound if ok is None else torch.where(finite, bound, 0.0)).amax(1)  # (b,)
+            needed = (largest > _NEGLIGIBLE).tolist()
         exactly = probs[0].numel() * probs.element_size() > _KEEP_MAP_BYTES
         listed = torch.zeros(0, dtype=torch.int64, device=g.device)
         if exactly and any(needed):

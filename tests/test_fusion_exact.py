@@ -16,7 +16,7 @@ from fusion_reference import reference_fusion, same_pixel_pairs
 
 from pipeline import fusion
 from pipeline.align import _lower_median
-from pipeline.fusion import FusionConfig, FusionGeometry, PanoramaFusion, _candidates, _positions, _top_class
+from pipeline.fusion import FusionConfig, FusionGeometry, PanoramaFusion, _candidates, _positions, _top_class, _uniform
 from spherical.layouts import icosahedron_layout
 from spherical.reproject import BilinearCorners, patch_to_erp
 from synthetic.render import render_patches
@@ -285,6 +285,20 @@ def test_top_class_reads_only_classes_above_the_quiet_ones(monkeypatch):
         monkeypatch.setattr(fusion, "_FEW_LOUD", few)
         for got, expected in zip(_top_class(maps.clone()), (value, top, bound, finite), strict=True):
             torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_uniform_blocks_are_those_whose_four_pixels_share_their_class():
+    """Each pixel's 2 x 2 block (clamped at the last row and column) against a loop over it."""
+    g = torch.Generator().manual_seed(7)
+    for h, w, classes in ((5, 7, 2), (1, 4, 2), (6, 1, 2), (9, 9, 3), (2, 2, 1)):
+        top = torch.randint(0, classes, (3, h, w), generator=g, dtype=torch.int32)
+        expected = torch.empty(3, h, w, dtype=torch.int32)
+        for y in range(h):
+            for x in range(w):
+                below, right = min(y + 1, h - 1), min(x + 1, w - 1)
+                block = top[:, [y, y, below, below], [x, right, x, right]]
+                expected[:, y, x] = torch.where((block == block[:, :1]).all(1), top[:, y, x], -1)
+        assert torch.equal(_uniform(top), expected.view(3, h * w)), (h, w)
 
 
 def test_positions_are_nonzeros_of_sparse_dense_and_offset_masks():
