@@ -406,7 +406,7 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
         top, runner, finite = _top_keys_by_map(words, quiet, mask, scratch)
         pixel = torch.arange(S, dtype=torch.int32, device=device)
         first = torch.arange(b, device=device)[:, None] * (C * S)  # (b,1) each map's first value
-        at = (top.long() * S + pixel + first).view(-1)  # (b*S',) the top's value of each pixel
+        at = (top.long() * S + pixel + first).view(-1)  # (b*S',) where each pixel's top value lies
         value = volume.view(-1).index_select(0, at).view(b, S)  # (b*S',) -> (b,S')
     # Up to the class bits: setting them rounds the runner-up's magnitude up.
     bound = torch.maximum((runner | mask).view(torch.float32), quiet_bound[:, None])
@@ -733,8 +733,8 @@ class PanoramaFusion:
         u, or three classes meet, the entry's exact top-k list is computed at once.
         `finish` then certifies each pixel's argmax from these figures, and sums the few pixels
         it cannot certify exactly, from the top-k lists of their entries (computed then from
-        the maps, which are kept until the panorama is finished when any entry's bound is not
-        zero).
+        the maps, which are kept until the panorama is finished when any of a map's pixels has a
+        bound that is not negligible).
         """
         assert self.has_semantic, "this fusion has no semantic task"
         with self._timed("semantic"):
