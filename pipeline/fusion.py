@@ -175,7 +175,8 @@ class FusionGeometry:
 
     Fields:
         cameras: the P patch cameras, on the fusion device.
-        mapping: ERP pixel <-> patch correspondences at label resolution (M entries).
+        mapping: ERP pixel <-> patch correspondences at label resolution (M entries), each
+            patch's entries in the order of their slots (`PatchToErp.slot_ordered`).
         layout: the slots of the entries, and the compact pixel order.
         grid: (M,2) float32 normalised grid_sample coordinates of each entry in its patch,
             mapping order.
@@ -224,9 +225,8 @@ class FusionGeometry:
     def build(cls, cameras: PatchCameras, erp_height: int, config: FusionConfig) -> FusionGeometry:
         """Correspondences, slots and weights for `cameras` at label height `erp_height`, on the
         cameras' device (float32 cameras give float32 sub-pixel coordinates)."""
-        mapping = patch_to_erp(cameras, erp_height)
+        mapping, layout = patch_to_erp(cameras, erp_height).slot_ordered()
         h, w = cameras.height, cameras.width
-        layout = mapping.slot_layout()
         patch = mapping.patch_index
         scale = torch.tensor([2.0 / w, 2.0 / h], dtype=mapping.x.dtype, device=mapping.x.device)
         grid = torch.stack((mapping.x, mapping.y), -1).mul_(scale).sub_(1.0)  # (M,2), as `PatchToErp.grid`

@@ -463,6 +463,31 @@ class PatchToErp:
         entry[position] = torch.arange(len(position), device=device)
         return SlotLayout(position, entry.int(), tuple(starts), order, rank.int(), count)
 
+    def slot_ordered(self) -> tuple[PatchToErp, SlotLayout]:
+        """The same correspondences with each patch's entries sorted by their slot position, and
+        their layout. A gather into slot order (`SlotLayout.to_slots`) then reads each patch's
+        entries forward instead of a tile row at a time: 2.3x to 2.6x faster on a CPU (a row of
+        5.9M entries at 1024 x 2048 labels: 7.6 ms to 3.3 ms)."""
+        layout = self.slot_layout()
+        slot_patch = self.patch_index.int()[layout.entry]  # (M,) the patch at each position
+        # Each patch's positions in ascending order are its entries in the new order (a scan per
+        # patch: 0.17 s at 1024 x 2048 labels, FoV 90°, against 0.27 s for an argsort).
+        position = torch.cat([torch.nonzero(slot_patch == n).squeeze(1) for n in range(self.num_patches)])
+        order = layout.entry[position]  # (M,) the entry (old order) of each entry of the new order
+        entry = torch.empty_like(position)
+        entry[position] = torch.arange(len(position), device=position.device)
+        mapping = PatchToErp(
+            self.erp_height,
+            self.patch_height,
+            self.patch_width,
+            self.erp_index[order],
+            self.x[order],
+            self.y[order],
+            self.offsets,
+            self.footprints,
+        )
+        return mapping, SlotLayout(position, entry.int(), layout.starts, layout.order, layout.rank, layout.count)
+
     def centre_distance(self) -> Tensor:
         """(M,) distance of each entry from its patch centre, in units of half the patch width."""
         dx = self.x - self.patch_width / 2.0

@@ -126,7 +126,14 @@ def test_depth_and_normals_match_the_reference(room, kind, holes):
     labels, _, _ = fuse(room["cameras"], config, **outputs)
     expected = reference_fusion(room["cameras"], ERP_HEIGHT, config, **outputs)
     torch.testing.assert_close(labels.depth, expected["depth"], rtol=1e-5, atol=0, equal_nan=True)
-    torch.testing.assert_close(labels.depth_confidence, expected["depth_confidence"], rtol=0, atol=1e-5)
+    # The spread of log depth is the square root of E[l^2] - E[l]^2, two float32 sums over a
+    # pixel's patches taken in another order than the reference's (one that depends on the
+    # CPU's vector width): where the patches nearly agree, a few ulps of the difference move the
+    # spread by far more than an ulp: one pixel of this room moves its confidence by 2e-5 on a
+    # machine with AVX-512.
+    error = (labels.depth_confidence - expected["depth_confidence"]).abs()
+    assert float(error.max()) <= 1e-4
+    assert float((error > 1e-5).float().mean()) < 1e-3
     torch.testing.assert_close(labels.normals, expected["normals"], rtol=0, atol=1e-5, equal_nan=True)
     # The confidence goes through acos of the normals' mean resultant length x, whose slope
     # 1/sin(spread) is infinite at x = 1: a few ulps of x (2e-7) move the spread by 2e-7/sin
@@ -351,6 +358,27 @@ def test_slots_reduce_as_a_scatter_and_pair_as_listed():
         listed = same_pixel_pairs(index)
         listed = listed[:: max(1, math.ceil(len(listed) / max_pairs))]
         assert torch.equal(layout.pairs(max_pairs), layout.position[listed])
+
+
+def test_slot_ordered_correspondences_keep_every_slot_and_read_each_patch_forward():
+    """The same entries in the same slots, each patch's entries in its slice with ascending
+    positions, and a layout whose position and entry invert each other."""
+    mapping = patch_to_erp(icosahedron_layout().cameras(PATCH), ERP_HEIGHT)
+    layout = mapping.slot_layout()
+    ordered, ordered_layout = mapping.slot_ordered()
+    assert ordered.offsets == mapping.offsets and ordered_layout.starts == layout.starts
+    assert torch.equal(ordered_layout.order, layout.order) and torch.equal(ordered_layout.rank, layout.rank)
+    M = len(mapping)
+    # What each slot holds (pixel, patch, patch coordinates) is unchanged.
+    for name in ("erp_index", "x", "y"):
+        before, after = getattr(mapping, name), getattr(ordered, name)
+        assert torch.equal(after[ordered_layout.entry.long()], before[layout.entry.long()]), name
+    assert torch.equal(ordered.patch_index[ordered_layout.entry.long()], mapping.patch_index[layout.entry.long()])
+    assert torch.equal(ordered_layout.position[ordered_layout.entry.long()], torch.arange(M))
+    for n in range(mapping.num_patches):
+        positions = ordered_layout.position[ordered.entries_of(n)]
+        assert bool((positions.diff() > 0).all()), n
+    assert not all(bool((layout.position[mapping.entries_of(n)].diff() > 0).all()) for n in range(mapping.num_patches))
 
 
 def test_candidates_are_the_classes_of_the_largest_values():
