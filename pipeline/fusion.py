@@ -14,10 +14,10 @@ read.
 batches of patches, and keeps bounded state: per-entry depth and normals, and a few
 per-entry figures of the class probabilities (see `PanoramaFusion.add_semantic`). Patches
 are read one at a time into their entries (in the mapping's order, where a patch's entries
-are contiguous); `finish()` puts them in slot order, aligns the depth of the patches jointly
-(`pipeline.align`), fuses every task by weighted averaging and derives per-pixel
-confidences from the agreement of overlapping patches and, where given, the teachers' own
-confidence. Everything runs in torch on the teacher's device.
+are contiguous, themselves in slot order); `finish()` puts them in slot order, aligns the
+depth of the patches jointly (`pipeline.align`), fuses every task by weighted averaging and
+derives per-pixel confidences from the agreement of overlapping patches and, where given,
+the teachers' own confidence. Everything runs in torch on the teacher's device.
 
 Frames and units follow docs/conventions.md: depth goes from patch z-depth to ERP range
 (range = z * ||c||), normals from each camera frame to the world frame (n_w = R n_c).
@@ -45,7 +45,6 @@ from spherical.reproject import (
     SlotLayout,
     patch_to_erp,
     read_points,
-    sample_point_sets,
     sample_points,
 )
 
@@ -351,7 +350,7 @@ class FusedLabels:
 _KEEP_MAP_BYTES = 64 << 20
 
 
-def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A top class of every map pixel of b maps of (C,S') class probabilities, its value, and
     a bound on every other class's value.
 
@@ -381,18 +380,22 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
         top: (b,S') int32 the class, in [0, C).
         bound: (b,S') float32 upper bound of the value of every class but `top`.
         finite: (b,S') bool whether every class's value is finite (elsewhere the rest is void).
+        quiet: (b,C) bool the quiet classes of each map.
+        quiet_bound: (b,) float32 the largest value of a quiet class in each map (0: none).
     """
     b, C, S = volume.shape
     device = volume.device
     if C == 1:  # no other class to bound
         only = volume[:, 0]
         none = torch.zeros(b, S, dtype=torch.int32, device=device)
-        return only.clone(), none, torch.zeros_like(only), torch.isfinite(only)
+        quiet = torch.zeros(b, C, dtype=torch.bool, device=device)
+        return only.clone(), none, torch.zeros_like(only), torch.isfinite(only), quiet, torch.zeros(b, device=device)
     bits = C.bit_length()
     if bits > 16:
         value, top = volume.max(1)
         bound = volume.scatter(1, top[:, None], -math.inf).amax(1)  # (b,C,S') copy
-        return value, top.int(), bound, torch.isfinite(volume).all(1)
+        quiet = torch.zeros(b, C, dtype=torch.bool, device=device)
+        return value, top.int(), bound, torch.isfinite(volume).all(1), quiet, torch.zeros(b, device=device)
     mask = (1 << bits) - 1
     words = volume.view(torch.int32)  # (b,C,S')
     largest, lowest = _row_extremes(words.view(b * C, S))
@@ -410,7 +413,7 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
         value = volume.view(-1).index_select(0, at).view(b, S)  # (b*S',) -> (b,S')
     # Up to the class bits: setting them rounds the runner-up's magnitude up.
     bound = torch.maximum((runner | mask).view(torch.float32), quiet_bound[:, None])
-    return value, top, bound, finite
+    return value, top, bound, finite, quiet, quiet_bound
 
 
 def _row_extremes(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -543,6 +546,9 @@ _FEW_LOUD = 16
 # cores (24 to 50 rows measured alike, 8 as slow as no blocks).
 _BLOCK_ROWS = 32
 
+# Values `PanoramaFusion._read_classes` reads a pass (their int64 indices: 8 MB).
+_READ_VALUES = 1 << 18
+
 # Rows of `PanoramaFusion.sem`.
 _CLASS, _PROB, _BOUND = range(3)
 # Bounds up to this are zero (a map of exact zeros gives bounds of a few subnormals): what
@@ -587,6 +593,8 @@ class _SemanticRun:
         rest: (R,) int64 entries (from sl.start, ascending) not settled yet.
         listed: (L,) int64 entries (from sl.start) of maps too large to keep: each gets its
             exact top-k list at once.
+        quiet: (b,C) bool, quiet_bound: (b,) float32, each map's quiet classes and their largest
+            value (`_top_class`).
     """
 
     first: int
@@ -599,6 +607,8 @@ class _SemanticRun:
     keep: list[bool]
     rest: Tensor
     listed: Tensor
+    quiet: Tensor
+    quiet_bound: Tensor
 
 
 class PanoramaFusion:
@@ -645,8 +655,10 @@ class PanoramaFusion:
             self.sem_weight: Tensor | None = None
             self._seconds: list[tuple[Tensor, Tensor, Tensor]] = []  # (entries, classes, weighted probabilities)
             self._lists: list[tuple[Tensor, Tensor, Tensor]] = []  # exact top-k: (entries, classes, probabilities)
-            # Kept probability maps by patch: its run's (b,C,h',w') maps and its row in them.
-            self._maps: dict[int, tuple[Tensor, int]] = {}
+            # Kept probability maps by patch: its run's (b,C,h',w') maps, its row in them, and of
+            # the run's maps the loud classes (b,A') (first of each row, `count` (b,) of them)
+            # and the largest quiet value (b,).
+            self._maps: dict[int, tuple[Tensor, int, Tensor, Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------ inputs
     @contextlib.contextmanager
@@ -734,7 +746,8 @@ class PanoramaFusion:
         `finish` then certifies each pixel's argmax from these figures, and sums the few pixels
         it cannot certify exactly, from the top-k lists of their entries (computed then from
         the maps, which are kept until the panorama is finished when any of a map's pixels has a
-        bound that is not negligible).
+        bound that is not negligible; from their loud classes alone where those decide,
+        `_summed_exactly`).
         """
         assert self.has_semantic, "this fusion has no semantic task"
         with self._timed("semantic"):
@@ -761,7 +774,7 @@ class PanoramaFusion:
         bounds = [starts[first + k] - sl.start for k in range(b + 1)]
         sizes = [stop - begin for begin, stop in itertools.pairwise(bounds)]
         grid = g.grid[sl]
-        value, top, bound, finite = _top_class(probs.view(b, C, S), g.scratch((C, S), torch.int32))  # (b,S') each
+        value, top, bound, finite, quiet, quiet_bound = _top_class(probs.view(b, C, S), g.scratch((C, S), torch.int32))
         cell = g.map_cell(h, w)[sl]  # (M_r,) where each entry's bilinear read starts, in all the patches' maps
         out = self.sem[:, sl]  # (3,M_r) the run's entries, written in place
         # The shared top class of each entry's four map pixels (-1 = none), straight into its
@@ -815,7 +828,7 @@ class PanoramaFusion:
             unsettled &= ~whole
         rest = _positions(unsettled)
         keep = [n and not exactly for n in needed]
-        return _SemanticRun(first, sl, bounds, grid, top, weight, ok, keep, rest, listed)
+        return _SemanticRun(first, sl, bounds, grid, top, weight, ok, keep, rest, listed, quiet, quiet_bound)
 
     def _settle(self, run: _SemanticRun, probs: Tensor) -> None:
         """The rest of a run's summary, once `_two_classes` has had its entries: exact top-k
@@ -829,9 +842,13 @@ class PanoramaFusion:
                 mine = todo[cuts[k] : cuts[k + 1]]
                 if mine.numel():
                     self._list_exactly(out, mine, run.sl.start, probs[k], run.grid[mine], run.weight[mine])
-        for k, keep in enumerate(run.keep):
-            if keep:
-                self._maps[run.first + k] = (probs, k)
+        if any(run.keep):
+            count = torch.count_nonzero(~run.quiet, 1)  # (b,) loud classes per map
+            order = torch.argsort(run.quiet.to(torch.uint8), dim=1, stable=True)  # (b,C) the loud classes first
+            loud = order[:, : int(count.max())]  # (b,A')
+            for k, keep in enumerate(run.keep):
+                if keep:
+                    self._maps[run.first + k] = (probs, k, loud, count, run.quiet_bound)
         if self.top_k == 1:  # only the argmax is summed: nothing else adds anything
             out[_BOUND] = 0.0
         if run.ok is not None:
@@ -1154,65 +1171,180 @@ class PanoramaFusion:
         """Argmax class (L,) and its summed weighted probability (L,) of compact `pixels` (L,),
         from the exact top-k lists of every entry that sees them, with slot `weights` (M,).
 
-        An entry's list is the one kept for it, or computed from its patch's kept map; a patch
-        whose map was not kept left nothing unknown, so its entries' known classes are all
-        they add."""
+        An entry whose patch's map was kept reads only the map's loud classes (`_loud_reads`):
+        one above the map's quiet bound is in the entry's top-k list, and any other class adds at
+        most its value or the quiet bound. Where the top of the sums known so far is known at
+        every entry and exceeds what any other class could reach, it is the argmax; the other
+        pixels are summed from the full top-k lists (`_summed_from_lists`), read from the kept
+        maps' every class.
+        """
+        target, weight, entries = self._entries_of(pixels, weights)
+        classes, summed, todo = self._known_lists(entries, weight)
+        L, C, device = len(pixels), self.num_classes, weight.device
+        sums = torch.zeros(C * L, device=device)  # (C*L,) per class and pixel, what is known
+        if not self._maps or not todo.numel():
+            sums.index_add_(0, (classes * L + target).flatten(), summed.flatten())
+            best, best_class = sums.view(C, L).max(0)  # (C*L,) -> (C,L)
+            return best_class, best
+        found, pair_entry, pair_class, pair_value, quiet_bound, unread = self._loud_reads(entries[todo])
+        mine = todo[found]  # (R',) the entries that read loud classes
+        summed[:, mine] = 0.0  # the loud classes tell their figures instead
+        sums.index_add_(0, (classes * L + target).flatten(), summed.flatten())
+        pixel = target[mine][pair_entry]  # (N,) the pixel of each (entry, loud class) pair
+        contribution = pair_value * weight[mine][pair_entry]  # (N,)
+        # Bilinear weights may sum to an ulp over 1: a margin of 2^-20 keeps the quiet bound one.
+        margin = quiet_bound.mul_(1.0 + 2.0**-20)  # (R',)
+        above = pair_value > margin[pair_entry]  # (N,) in the entry's top-k list
+        quiet = margin * weight[mine]  # (R',) what a quiet class adds at most
+        slot = pair_class * L + pixel  # (N,) into (C*L,)
+        sums.index_add_(0, slot[above], contribution[above])
+        # What any class could reach: its known sum, plus at every entry that reads loud
+        # classes its value where it is loud and not above, else the quiet bound.
+        reach = sums.view(C, L) + torch.zeros(L, device=device).index_add_(0, target[mine], quiet)  # (C,L)
+        reach.view(-1).index_add_(0, slot, torch.where(above, 0.0, contribution) - quiet[pair_entry])
+        known = torch.zeros(C * L, device=device).index_add_(0, slot[above], torch.ones_like(contribution[above]))
+        best, best_class = sums.view(C, L).max(0)  # (C*L,) -> (C,L)
+        top = best_class * L + torch.arange(L, device=device)  # (L,) into (C*L,)
+        readers = torch.zeros(L, device=device).index_add_(0, target[mine], torch.ones_like(quiet))
+        reach.view(-1)[top] = -math.inf
+        # The top is known where every entry that reads loud classes has it above the quiet
+        # bound; it wins where no other class reaches it (with a margin for the sums' rounding).
+        sure = (known[top] == readers) & (best * (1.0 - 2.0**-16) > reach.amax(0))
+        unread_pixels = target[todo[unread]]
+        sure[unread_pixels] = False
+        unsure = _positions(~sure)
+        if unsure.numel():
+            best_class[unsure], best[unsure] = self._summed_from_lists(pixels[unsure], weights)
+        return best_class, best
+
+    def _summed_from_lists(self, pixels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """`_summed_exactly` from the full top-k lists of every entry: those of kept maps read
+        from every class."""
+        target, weight, entries = self._entries_of(pixels, weights)
+        classes, summed, todo = self._known_lists(entries, weight)
+        if self._maps and todo.numel():
+            kept, kept_classes, kept_probs = self._kept_top_lists(entries[todo])
+            mine = todo[kept]
+            classes[:, mine], summed[:, mine] = kept_classes, kept_probs * weight[mine]
+        L = len(pixels)
+        sums = torch.zeros(self.num_classes * L, device=weight.device)
+        sums.index_add_(0, (classes * L + target).flatten(), summed.flatten())
+        best, best_class = sums.view(self.num_classes, L).max(0)  # (C*L,) -> (C,L)
+        return best_class, best
+
+    def _entries_of(self, pixels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The entries of weight > 0 that see compact `pixels` (L,), with slot `weights` (M,):
+        the index (0..L-1) of their pixel (R,), their weights (R,) and their entries (R,)
+        (mapping order)."""
         g = self.geometry
-        layout, L = g.layout, len(pixels)
+        layout = g.layout
         at, target = [], []
         for s in range(layout.slots):
             inside = torch.nonzero(pixels < layout.starts[s + 1] - layout.starts[s]).squeeze(1)
             at.append(layout.starts[s] + pixels[inside])
             target.append(inside)
-        at, target = torch.cat(at), torch.cat(target)  # slots and the pixel (0..L-1) of each
+        at, target = torch.cat(at), torch.cat(target)
         weight = weights[at]
         live = weight > 0
         at, target, weight = at[live], target[live], weight[live]
-        entries = g.entry[at]
-        # Each entry's classes and weighted probabilities: its argmax and second, known as they
-        # were summed, or its whole top-k list.
-        classes = torch.zeros(self.top_k, len(at), dtype=torch.int64, device=g.device)
-        summed = torch.zeros(self.top_k, len(at), device=g.device)
+        return target, weight, g.entry[at]
+
+    def _known_lists(self, entries: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What is known of the top-k lists of `entries` (R,) of weights `weight` (R,) without
+        reading the maps: classes (k,R) int64 and weighted probabilities (k,R), from the
+        entries' argmax and second, or their whole top-k list; and the entries (T,) without a
+        whole list, which may need their patch's kept map."""
+        k, R, device = self.top_k, len(entries), weight.device
+        classes = torch.zeros(k, R, dtype=torch.int64, device=device)
+        summed = torch.zeros(k, R, device=device)
         classes[0], summed[0] = self.sem[_CLASS, entries].long(), self.sem[_PROB, entries]
-        if self._seconds and self.top_k > 1:
+        if self._seconds and k > 1:
             found, second, second_value = _look_up(self._seconds, entries)
             classes[1, found], summed[1, found] = second, second_value
-        listed = torch.zeros(len(at), dtype=torch.bool, device=g.device)
+        listed = torch.zeros(R, dtype=torch.bool, device=device)
         if self._lists:
             found, listed_classes, listed_probs = _look_up(self._lists, entries)
             classes[:, found], summed[:, found] = listed_classes, listed_probs * weight[found]
             listed[found] = True
-        todo = torch.nonzero(~listed).squeeze(1)
-        if self._maps and todo.numel():
-            kept, kept_classes, kept_probs = self._kept_top_lists(entries[todo])
-            mine = todo[kept]
-            classes[:, mine], summed[:, mine] = kept_classes, kept_probs * weight[mine]
-        sums = torch.zeros(self.num_classes * L, device=g.device)
-        sums.index_add_(0, (classes * L + target).flatten(), summed.flatten())
-        best, best_class = sums.view(self.num_classes, L).max(0)  # (C*L,) -> (C,L)
-        return best_class, best
+        return classes, summed, _positions(~listed)
+
+    def _loud_reads(self, entries: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The loud classes of the kept maps of `entries` (R,), read at them.
+
+        Returns:
+            found: (R',) int64 indices into `entries` of those whose maps are kept and read at
+                most top-k classes (any of them above the map's quiet bound is then in an
+                entry's top-k list).
+            pair_entry, pair_class, pair_value: (N,) per (entry, loud class) pair the entry (an
+                index into `found`), the class, and its probability at the entry.
+            quiet_bound: (R',) float32 the largest value of a quiet class in each one's map.
+            unread: (U,) int64 indices into `entries` of those whose kept maps read more classes.
+        """
+        g = self.geometry
+        empty = torch.zeros(0, dtype=torch.int64, device=g.device)
+        found, pair_entry, pair_class, pair_value, quiet_bound, unread = ([empty] for _ in range(6))
+        pair_value[0], quiet_bound[0] = empty.float(), empty.float()
+        read = 0
+        for maps, mine, k, (loud, count, largest_quiet) in self._kept_runs(entries):
+            many = count[k] > self.top_k
+            unread.append(mine[many])
+            mine, k = mine[~many], k[~many]
+            classes = loud[k]  # (R_r,A')
+            valid = torch.arange(loud.shape[1], device=g.device) < count[k][:, None]  # (R_r,A')
+            values = self._read_classes(maps, entries[mine], k, classes)  # (R_r,A')
+            index = torch.arange(read, read + len(mine), device=g.device)[:, None].expand_as(classes)  # (R_r,A')
+            found.append(mine)
+            pair_entry.append(index[valid])
+            pair_class.append(classes[valid])
+            pair_value.append(values[valid])
+            quiet_bound.append(largest_quiet[k])
+            read += len(mine)
+        return tuple(torch.cat(parts) for parts in (found, pair_entry, pair_class, pair_value, quiet_bound, unread))
 
     def _kept_top_lists(self, entries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The exact top-k lists of those of `entries` (R,) whose patches' maps are kept:
-        their indices into `entries` (R',), classes (k,R') int64 and probabilities (k,R').
-        The kept maps of a run are read with one grid_sample."""
+        their indices into `entries` (R',), classes (k,R') int64 and probabilities (k,R')."""
+        found = [torch.zeros(0, dtype=torch.int64, device=self.geometry.device)]
+        probs = [torch.zeros(self.num_classes, 0, device=self.geometry.device)]
+        for maps, mine, k, _ in self._kept_runs(entries):
+            every = torch.arange(maps.shape[1], device=maps.device).expand(len(mine), -1)  # (R_r,C)
+            found.append(mine)
+            probs.append(self._read_classes(maps, entries[mine], k, every).T)  # (R_r,C) -> (C,R_r)
+        return (torch.cat(found), *self._largest(torch.cat(probs, 1)))
+
+    def _kept_runs(self, entries: Tensor) -> list[tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]]:
+        """Those of `entries` (R,) whose patches' maps are kept, by run (teacher batch): the
+        run's (b,C,h',w') maps, the entries' indices into `entries` (R_r,), their maps' rows in
+        the run (R_r,), and the run's loud classes, their counts and its largest quiet values
+        (as `_maps` keeps them)."""
         g = self.geometry
         patch = g.entry_patch[entries].long()
-        order = torch.argsort(patch, stable=True)
-        bounds = torch.searchsorted(patch[order], torch.arange(g.num_patches + 1, device=g.device)).tolist()
-        runs: dict[int, tuple[Tensor, list[Tensor | None]]] = {}  # by the id of the run's maps
-        for n, (start, stop) in enumerate(itertools.pairwise(bounds)):
-            if stop > start and n in self._maps:
-                maps, k = self._maps[n]
-                rows = runs.setdefault(id(maps), (maps, [None] * len(maps)))[1]
-                rows[k] = order[start:stop]
-        found = [torch.zeros(0, dtype=torch.int64, device=g.device)]
-        probs = [torch.zeros(self.num_classes, 0, device=g.device)]
-        for maps, rows in runs.values():
-            read = sample_point_sets(maps, [None if at is None else g.grid[entries[at]] for at in rows])
-            found += [at for at in rows if at is not None]
-            probs += [p for p in read if p is not None]
-        return (torch.cat(found), *self._largest(torch.cat(probs, 1)))  # (C,R') probabilities
+        runs: dict[int, tuple[int, Tensor, tuple[Tensor, Tensor, Tensor]]] = {}
+        run_of = torch.full((g.num_patches,), -1, dtype=torch.int64)  # the first patch of each kept one's run
+        for n, (maps, k, *rest) in self._maps.items():
+            run_of[n] = runs.setdefault(id(maps), (n - k, maps, tuple(rest)))[0]
+        run_of = run_of.to(g.device)[patch]  # (R,)
+        found = []
+        for first, maps, rest in runs.values():
+            mine = _positions(run_of == first)
+            if mine.numel():
+                found.append((maps, mine, patch[mine] - first, rest))
+        return found
+
+    def _read_classes(self, maps: Tensor, entries: Tensor, k: Tensor, classes: Tensor) -> Tensor:
+        """(R,A) float32 the probabilities of `classes` (R,A) at `entries` (R,) from their maps
+        `k` (R,) of a run's (b,C,h',w') `maps`: bilinear, from the four map pixels and weights
+        with which grid_sample reads them (`BilinearCorners`), in those classes' planes only."""
+        _, C, h, w = maps.shape
+        out = maps.new_empty(classes.shape)
+        step = max(1, _READ_VALUES // max(1, classes.shape[1]))  # entries a pass: bounded (4,R',A) temporaries
+        for start in range(0, len(entries), step):
+            part = slice(start, start + step)
+            flat, bilinear = BilinearCorners.of_grid(self.geometry.grid[entries[part]], h, w).read()  # (4,R') each
+            planes = (k[part, None] * C + classes[part]) * (h * w)  # (R',A) where each class's plane starts
+            values = maps.view(-1)[flat[:, :, None] + planes]  # (4,R',A)
+            torch.sum(values.mul_(bilinear[:, :, None]), 0, out=out[part])
+        return out
 
     # ------------------------------------------------------------------ output
     def _image(self, compact: Tensor) -> Tensor:

@@ -534,27 +534,6 @@ def sample_points(values: Tensor, grid: Tensor, mode: SampleMode = "bilinear") -
     return torch.cat(pieces, 1) if len(pieces) > 1 else (pieces[0] if pieces else values.new_empty(values.shape[0], 0))
 
 
-def sample_point_sets(values: Tensor, grids: list[Tensor | None]) -> list[Tensor | None]:
-    """Read each of b (C,h,w) maps at its own points, with one grid_sample call (as
-    `read_points`: bilinear, align_corners=False, border).
-
-    Args:
-        values: (b,C,h,w) maps.
-        grids: b (L_k,2) normalised points in the dtype of `values`, or None for a map not read.
-    Returns:
-        b (C,L_k) values (views), None where the grid is.
-    """
-    length = max((len(grid) for grid in grids if grid is not None), default=0)
-    if length == 0:
-        return [None if grid is None else values.new_empty(values.shape[1], 0) for grid in grids]
-    points = values.new_zeros(len(grids), 1, length, 2)  # (b,1,L,2), (0, 0) where unused
-    for k, grid in enumerate(grids):
-        if grid is not None:
-            points[k, 0, : len(grid)] = grid
-    out = _sample_rows(values, points, "bilinear")  # (b,C,1,L)
-    return [None if grid is None else out[k, :, 0, : len(grid)] for k, grid in enumerate(grids)]
-
-
 @dataclass(frozen=True)
 class BilinearCorners:
     """The four map pixels and weights with which grid_sample (bilinear, align_corners=False,

@@ -184,6 +184,33 @@ def test_semantic_without_kept_maps_lists_every_entry(room, monkeypatch):
     torch.testing.assert_close(labels.semantic_confidence, expected["semantic_confidence"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(("maps", "read_values"), [("dense", 1 << 18), ("mixed", 1 << 18), ("mixed", 1000)])
+def test_uncertain_pixels_are_summed_from_loud_classes_where_they_decide(room, maps, read_values, monkeypatch):
+    """The pixels the entries' figures cannot certify are summed from their kept maps' loud
+    classes, and from every class only where those do not decide: the reference's labels,
+    whether the maps are read at once or in pieces."""
+    monkeypatch.setattr(fusion, "_READ_VALUES", read_values)
+    summed = {"exactly": 0, "from_lists": 0}
+
+    def counted(name):
+        method = getattr(PanoramaFusion, f"_summed_{name}")
+
+        def count(self, pixels, weights):
+            summed[name] += len(pixels)
+            return method(self, pixels, weights)
+
+        return count
+
+    for name in summed:
+        monkeypatch.setattr(PanoramaFusion, f"_summed_{name}", counted(name))
+    config = FusionConfig()
+    labels, kept, _ = fuse(room["cameras"], config, probs=room[maps])
+    expected = reference_fusion(room["cameras"], ERP_HEIGHT, config, probs=room[maps])
+    assert torch.equal(labels.semantic, expected["semantic"])
+    torch.testing.assert_close(labels.semantic_confidence, expected["semantic_confidence"], rtol=0, atol=1e-5)
+    assert kept > 0 and 0 < summed["from_lists"] < summed["exactly"], summed
+
+
 def test_batches_and_their_order_do_not_change_the_labels(room):
     config = FusionConfig()
     outputs = dict(depth=room["depth"], normals=room["normals"], probs=room["dense"])
@@ -225,7 +252,7 @@ def test_top_class_finds_the_top_and_bounds_the_rest():
     volume[3, 2] = volume[:, 2].max() + 1e-7  # the runner-up within the key's bits
     volume[:, 3] = -torch.rand(150, generator=g)  # negative values
     volume[5, 4], volume[0, 5], volume[149, 6] = math.nan, -math.inf, math.inf
-    value, top, bound, finite = (t[0] for t in _top_class(volume.clone()[None]))
+    value, top, bound, finite = (t[0] for t in _top_class(volume.clone()[None])[:4])
     assert finite.tolist() == [True] * 4 + [False] * 3 + [True] * 493
     ok = finite
     # The value is the class's own, and the bound holds for every other class, tight to 1e-4
@@ -245,7 +272,7 @@ def test_top_class_finds_the_top_and_bounds_the_rest():
     for k, alone in enumerate(_top_class(m[None].clone()) for m in batch):
         for got, expected in zip(_top_class(batch.clone()), alone, strict=True):
             torch.testing.assert_close(got[k], expected[0], rtol=0, atol=0, equal_nan=True)
-    one, top_one, bound_one, _ = (t[0] for t in _top_class(volume[None, :1].clone()))
+    one, top_one, bound_one, _ = (t[0] for t in _top_class(volume[None, :1].clone())[:4])
     assert torch.equal(one, volume[0]) and not top_one.any() and not bound_one.any()
 
 
@@ -266,7 +293,7 @@ def test_top_class_reads_only_classes_above_the_quiet_ones(monkeypatch):
     maps[4, 44, 11] = math.inf
     # map 5: every class quiet, one of them up to exactly _QUIET
     maps[5, 77, 3] = fusion._QUIET
-    value, top, bound, finite = _top_class(maps.clone())
+    value, top, bound, finite, quiet, quiet_bound = _top_class(maps.clone())
     expected_finite = torch.ones(6, S, dtype=torch.bool)
     expected_finite[2, 7] = expected_finite[3, 9] = expected_finite[4, 10] = expected_finite[4, 11] = False
     assert torch.equal(finite, expected_finite)
@@ -290,7 +317,8 @@ def test_top_class_reads_only_classes_above_the_quiet_ones(monkeypatch):
     # Maps that read many classes go map by map: the same results.
     for few in (0, 150):
         monkeypatch.setattr(fusion, "_FEW_LOUD", few)
-        for got, expected in zip(_top_class(maps.clone()), (value, top, bound, finite), strict=True):
+        expected_all = (value, top, bound, finite, quiet, quiet_bound)
+        for got, expected in zip(_top_class(maps.clone()), expected_all, strict=True):
             torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
 
 

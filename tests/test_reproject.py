@@ -10,7 +10,7 @@ from test_sampling import PITCH, ROLL, YAW
 from spherical.camera import PatchCameras
 from spherical.erp import erp_rays, erp_width
 from spherical.layouts import icosahedron_layout
-from spherical.reproject import _classify_tiles, patch_to_erp, patches_to_erp, sample_point_sets, sample_points
+from spherical.reproject import _classify_tiles, patch_to_erp, patches_to_erp
 from spherical.sampling import erp_to_patches
 
 
@@ -263,17 +263,3 @@ def test_cuda_matches_cpu():
     erp_gpu, w_gpu = patches_to_erp(values.cuda(), gpu)
     torch.testing.assert_close(w_gpu.cpu(), w_cpu)
     torch.testing.assert_close(erp_gpu.cpu(), erp_cpu, rtol=0, atol=1e-4, equal_nan=True)
-
-
-def test_point_sets_read_as_each_map_alone():
-    """Maps read at their own points in one call equal each map read alone; a map without
-    points is not read, and points beyond the border read the border."""
-    g = torch.Generator().manual_seed(3)
-    maps = torch.rand(3, 5, 7, 9, generator=g)
-    grids = [torch.rand(4, 2, generator=g) * 2.4 - 1.2, None, torch.rand(11, 2, generator=g) * 2 - 1]
-    read = sample_point_sets(maps, grids)
-    assert read[1] is None
-    for k in (0, 2):
-        assert read[k].shape == (5, len(grids[k]))
-        torch.testing.assert_close(read[k], sample_points(maps[k], grids[k]), rtol=0, atol=0)
-    assert sample_point_sets(maps, [None, None, None]) == [None, None, None]
