@@ -1197,12 +1197,12 @@ class PanoramaFusion:
         most its value or the quiet bound. Where the top of the sums known so far is known at
         every entry and exceeds what any other class could reach, it is the argmax; the other
         pixels are summed from the full top-k lists (`_summed_from_lists`), read from the kept
-        maps' every class.
+        maps' every class, as all of them are where there is little to read (`_LOUD_READS_FROM`).
         """
         target, weight, entries = self._entries_of(pixels, weights)
         classes, summed, todo = self._known_lists(entries, weight)
         L, C, device = len(pixels), self.num_classes, weight.device
-        if len(todo) * C < _LOUD_READS_FROM:  # few to read: the loud classes' passes cost more
+        if not self._maps or len(todo) * C < _LOUD_READS_FROM:  # few to read: the loud classes' passes cost more
             return self._summed_lists(target, weight, entries, classes, summed, todo, L)
         sums = torch.zeros(C * L, device=device)  # (C*L,) per class and pixel, what is known
         found, pair_entry, pair_class, pair_value, quiet_bound, unread = self._loud_reads(entries[todo])

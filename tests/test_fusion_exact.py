@@ -306,6 +306,7 @@ def test_top_class_reads_only_classes_above_the_quiet_ones(monkeypatch):
     # The bound is the runner-up's magnitude (to 1e-4) or the largest quiet value, whichever is larger.
     loud = (maps.amax(2) > fusion._QUIET) | (maps.amin(2) < 0) | ~torch.isfinite(maps).all(2)  # (6,C)
     quiet_largest = torch.where(loud[..., None], 0.0, maps).amax((1, 2))[:, None]  # (6,1) per map
+    assert torch.equal(quiet, ~loud) and torch.equal(quiet_bound, quiet_largest[:, 0])
     magnitude = torch.where(loud[..., None], maps.abs(), 0.0).scatter(1, top.long()[:, None], 0.0).amax(1)
     tight = torch.maximum(magnitude * (1 + 1e-4) + 1e-30, quiet_largest)
     assert bool((bound <= tight)[ok].all())
