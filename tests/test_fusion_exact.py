@@ -184,8 +184,11 @@ def test_semantic_without_kept_maps_lists_every_entry(room, monkeypatch):
     torch.testing.assert_close(labels.semantic_confidence, expected["semantic_confidence"], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize(("maps", "read_values"), [("dense", 1 << 18), ("mixed", 1 << 18), ("mixed", 1000)])
-def test_uncertain_pixels_are_summed_from_loud_classes_where_they_decide(room, maps, read_values, monkeypatch):
+@pytest.mark.parametrize(
+    ("maps", "top_k", "read_values"),
+    [("dense", 8, 1 << 18), ("mixed", 8, 1 << 18), ("mixed", 8, 1000), ("mixed", 2, 1 << 18), ("mixed", 0, 1 << 18)],
+)
+def test_uncertain_pixels_are_summed_from_loud_classes_where_they_decide(room, maps, top_k, read_values, monkeypatch):
     """The pixels the entries' figures cannot certify are summed from their kept maps' loud
     classes, and from every class only where those do not decide: the reference's labels,
     whether the maps are read at once or in pieces. (This room's few uncertain pixels would
@@ -205,7 +208,7 @@ def test_uncertain_pixels_are_summed_from_loud_classes_where_they_decide(room, m
 
     for name in summed:
         monkeypatch.setattr(PanoramaFusion, f"_summed_{name}", counted(name))
-    config = FusionConfig()
+    config = FusionConfig(semantic_top_k=top_k)
     labels, kept, _ = fuse(room["cameras"], config, probs=room[maps])
     expected = reference_fusion(room["cameras"], ERP_HEIGHT, config, probs=room[maps])
     assert torch.equal(labels.semantic, expected["semantic"])
