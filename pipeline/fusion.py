@@ -350,7 +350,9 @@ class FusedLabels:
 _KEEP_MAP_BYTES = 64 << 20
 
 
-def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _top_class(
+    volume: Tensor, scratch: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A top class of every map pixel of b maps of (C,S') class probabilities, its value, and
     a bound on every other class's value.
 
@@ -380,7 +382,9 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
         top: (b,S') int32 the class, in [0, C).
         bound: (b,S') float32 upper bound of the value of every class but `top`.
         finite: (b,S') bool whether every class's value is finite (elsewhere the rest is void).
-        quiet: (b,C) bool the quiet classes of each map.
+        loud: (b,A) int64 each map's classes that are not quiet, ascending, first in its row (A
+            the most of any map; the rest of a row are quiet classes).
+        count: (b,) int64 how many of a map's row in `loud` are not quiet.
         quiet_bound: (b,) float32 the largest value of a quiet class in each map (0: none).
     """
     b, C, S = volume.shape
@@ -388,32 +392,39 @@ def _top_class(volume: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, T
     if C == 1:  # no other class to bound
         only = volume[:, 0]
         none = torch.zeros(b, S, dtype=torch.int32, device=device)
-        quiet = torch.zeros(b, C, dtype=torch.bool, device=device)
-        return only.clone(), none, torch.zeros_like(only), torch.isfinite(only), quiet, torch.zeros(b, device=device)
+        return only.clone(), none, torch.zeros_like(only), torch.isfinite(only), *_every_class(b, C, device)
     bits = C.bit_length()
     if bits > 16:
         value, top = volume.max(1)
         bound = volume.scatter(1, top[:, None], -math.inf).amax(1)  # (b,C,S') copy
-        quiet = torch.zeros(b, C, dtype=torch.bool, device=device)
-        return value, top.int(), bound, torch.isfinite(volume).all(1), quiet, torch.zeros(b, device=device)
+        return value, top.int(), bound, torch.isfinite(volume).all(1), *_every_class(b, C, device)
     mask = (1 << bits) - 1
     words = volume.view(torch.int32)  # (b,C,S')
     largest, lowest = _row_extremes(words.view(b * C, S))
     quiet = ((lowest >= 0) & (largest <= _QUIET_BITS)).view(b, C)
     largest = largest.view(b, C)
     quiet_bound = torch.where(quiet, largest, 0).amax(1).view(torch.float32)  # (b,) 0 where none is
-    most = int(torch.count_nonzero(~quiet, 1).max())  # the most classes a map reads
+    count = torch.count_nonzero(~quiet, 1)  # (b,) the classes each map reads
+    most = int(count.max())
+    loud = torch.argsort(quiet.to(torch.uint8), dim=1, stable=True)[:, :most]  # (b,most) the classes read first
     if most <= _FEW_LOUD:
-        value, top, runner, finite = _few_top_keys(words, quiet, most, mask)
+        value, top, runner, finite = _few_top_keys(words, loud, count, mask)
     else:
-        top, runner, finite = _top_keys_by_map(words, quiet, mask, scratch)
+        top, runner, finite = _top_keys_by_map(words, loud, count, mask, scratch)
         pixel = torch.arange(S, dtype=torch.int32, device=device)
         first = torch.arange(b, device=device)[:, None] * (C * S)  # (b,1) each map's first value
         at = (top.long() * S + pixel + first).view(-1)  # (b*S',) where each pixel's top value lies
         value = volume.view(-1).index_select(0, at).view(b, S)  # (b*S',) -> (b,S')
     # Up to the class bits: setting them rounds the runner-up's magnitude up.
     bound = torch.maximum((runner | mask).view(torch.float32), quiet_bound[:, None])
-    return value, top, bound, finite, quiet, quiet_bound
+    return value, top, bound, finite, loud, count, quiet_bound
+
+
+def _every_class(b: int, C: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """`_top_class`'s loud classes, counts and quiet bounds of b maps none of whose C classes
+    is quiet."""
+    every = torch.arange(C, device=device).expand(b, C)  # (b,C)
+    return every, torch.full((b,), C, dtype=torch.int64, device=device), torch.zeros(b, device=device)
 
 
 def _row_extremes(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -432,30 +443,31 @@ def _row_extremes(rows: Tensor) -> tuple[Tensor, Tensor]:
     return largest, lowest
 
 
-def _few_top_keys(words: Tensor, quiet: Tensor, most: int, mask: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _few_top_keys(words: Tensor, loud: Tensor, count: Tensor, mask: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`_top_class`'s keys when no map reads more than a few classes: the classes read of all b
     maps gathered into (b,most,S') rows and keyed with their row + 1 (the rest of a map's rows
     quiet ones, keyed 0), and the largest and the runner-up kept row by row, three elementwise
     passes over (b,S') a row.
 
     Args:
-        words: (b,C,S') int32 the maps' bits; quiet: (b,C) bool.
+        words: (b,C,S') int32 the maps' bits; loud: (b,most) and count: (b,) as `_top_class`'s.
     Returns:
         value: (b,S') float32 the top's value, read from the rows (in cache, unlike the maps);
         top: (b,S') int32 class (0 where a map reads none); runner: (b,S') int32 the
         runner-up's key (0: none); finite: (b,S') bool.
     """
     b, C, S = words.shape
+    most = loud.shape[1]
     device = words.device
     if most == 0:
         zeros = torch.zeros(b, S, dtype=torch.int32, device=device)
         return words[:, 0].view(torch.float32).clone(), zeros, zeros.clone(), torch.ones_like(zeros, dtype=torch.bool)
-    order = torch.argsort(quiet.to(torch.uint8), dim=1, stable=True)[:, :most]  # (b,most) the classes read first
     first = torch.arange(b, device=device)[:, None] * C  # (b,1) each map's first row
-    rows = words.view(b * C, S).index_select(0, (order + first).view(-1)).view(b, most, S)  # (b*most,S') -> (b,most,S')
+    rows = words.view(b * C, S).index_select(0, (loud + first).view(-1)).view(b, most, S)  # (b*most,S') -> (b,most,S')
     codes = torch.arange(1, most + 1, dtype=torch.int32, device=device)[:, None]  # (most,1) row + 1
     keys = _class_keys(rows, codes, mask)  # (b,most,S'), the rows kept for the values
-    padded = torch.nonzero(quiet.gather(1, order).view(-1)).squeeze(1)  # rows of quiet classes
+    quiet = torch.arange(most, device=device) >= count[:, None]  # (b,most) the rows of quiet classes
+    padded = torch.nonzero(quiet.view(-1)).squeeze(1)
     if padded.numel():
         keys.view(b * most, S).index_fill_(0, padded, 0)  # below every key
     top_key, runner = keys[:, 0], torch.zeros(b, S, dtype=torch.int32, device=device)
@@ -464,10 +476,12 @@ def _few_top_keys(words: Tensor, quiet: Tensor, most: int, mask: int) -> tuple[T
         torch.maximum(top_key, keys[:, i], out=top_key)
     row = (top_key & mask).sub_(1).clamp_min_(0).long()  # (b,S') the top's row; 0 in a map that reads none
     value = rows.gather(1, row[:, None]).view(b, S).view(torch.float32)  # (b,1,S') -> (b,S')
-    return value, order.gather(1, row).int(), runner, top_key < _NONFINITE_KEY
+    return value, loud.gather(1, row).int(), runner, top_key < _NONFINITE_KEY
 
 
-def _top_keys_by_map(words: Tensor, quiet: Tensor, mask: int, scratch: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def _top_keys_by_map(
+    words: Tensor, loud: Tensor, count: Tensor, mask: int, scratch: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """`_top_class`'s keys map by map, for maps that read many classes: two integer
     max-reductions over a map's (A,S') keys, the top knocked out between them. Arguments and
     results as `_few_top_keys`'s but the value; scratch: optional (C,S') int32."""
@@ -480,12 +494,11 @@ def _top_keys_by_map(words: Tensor, quiet: Tensor, mask: int, scratch: Tensor | 
     top = torch.zeros(b, S, dtype=torch.int32, device=device)  # class 0 where every class is quiet
     runner = torch.zeros(b, S, dtype=torch.int32, device=device)  # 0: below every key
     finite = torch.ones(b, S, dtype=torch.bool, device=device)
-    for k in range(b):
-        loud = torch.nonzero(~quiet[k]).squeeze(1)  # (A,) the classes read
-        A = len(loud)
+    for k, A in enumerate(count.tolist()):
         if not A:
             continue
-        rows = words[k] if A == C else torch.index_select(words[k], 0, loud, out=scratch[:A])  # (A,S')
+        read = loud[k, :A]  # (A,) the classes read
+        rows = words[k] if A == C else torch.index_select(words[k], 0, read, out=scratch[:A])  # (A,S')
         key = _class_keys(rows, codes[:A], mask, out=scratch[:A])
         top_key = torch.amax(key, 0)  # (S',)
         torch.lt(top_key, _NONFINITE_KEY, out=finite[k])
@@ -494,7 +507,7 @@ def _top_keys_by_map(words: Tensor, quiet: Tensor, mask: int, scratch: Tensor | 
             key.view(-1).index_fill_(0, (row * S).add_(pixel).long(), 0)
             torch.amax(key, 0, out=runner[k])
         if A < C:
-            torch.index_select(loud.int(), 0, row, out=top[k])
+            torch.index_select(read.int(), 0, row, out=top[k])
         else:
             top[k] = row
     return top, runner, finite
@@ -614,8 +627,8 @@ class _SemanticRun:
         rest: (R,) int64 entries (from sl.start, ascending) not settled yet.
         listed: (L,) int64 entries (from sl.start) of maps too large to keep: each gets its
             exact top-k list at once.
-        quiet: (b,C) bool, quiet_bound: (b,) float32, each map's quiet classes and their largest
-            value (`_top_class`).
+        loud: (b,A') int64, count: (b,), quiet_bound: (b,) float32, each map's loud classes and
+            the largest value of its quiet ones (`_top_class`).
     """
 
     first: int
@@ -628,7 +641,8 @@ class _SemanticRun:
     keep: list[bool]
     rest: Tensor
     listed: Tensor
-    quiet: Tensor
+    loud: Tensor
+    count: Tensor
     quiet_bound: Tensor
 
 
@@ -795,7 +809,8 @@ class PanoramaFusion:
         bounds = [starts[first + k] - sl.start for k in range(b + 1)]
         sizes = [stop - begin for begin, stop in itertools.pairwise(bounds)]
         grid = g.grid[sl]
-        value, top, bound, finite, quiet, quiet_bound = _top_class(probs.view(b, C, S), g.scratch((C, S), torch.int32))
+        tops = _top_class(probs.view(b, C, S), g.scratch((C, S), torch.int32))
+        value, top, bound, finite, loud, count, quiet_bound = tops  # (b,S') each, then per map
         cell = g.map_cell(h, w)[sl]  # (M_r,) where each entry's bilinear read starts, in all the patches' maps
         out = self.sem[:, sl]  # (3,M_r) the run's entries, written in place
         # The shared top class of each entry's four map pixels (-1 = none), straight into its
@@ -849,7 +864,7 @@ class PanoramaFusion:
             unsettled &= ~whole
         rest = _positions(unsettled)
         keep = [n and not exactly for n in needed]
-        return _SemanticRun(first, sl, bounds, grid, top, weight, ok, keep, rest, listed, quiet, quiet_bound)
+        return _SemanticRun(first, sl, bounds, grid, top, weight, ok, keep, rest, listed, loud, count, quiet_bound)
 
     def _settle(self, run: _SemanticRun, probs: Tensor) -> None:
         """The rest of a run's summary, once `_two_classes` has had its entries: exact top-k
@@ -863,13 +878,9 @@ class PanoramaFusion:
                 mine = todo[cuts[k] : cuts[k + 1]]
                 if mine.numel():
                     self._list_exactly(out, mine, run.sl.start, probs[k], run.grid[mine], run.weight[mine])
-        if any(run.keep):
-            count = torch.count_nonzero(~run.quiet, 1)  # (b,) loud classes per map
-            order = torch.argsort(run.quiet.to(torch.uint8), dim=1, stable=True)  # (b,C) the loud classes first
-            loud = order[:, : int(count.max())]  # (b,A')
-            for k, keep in enumerate(run.keep):
-                if keep:
-                    self._maps[run.first + k] = (probs, k, loud, count, run.quiet_bound)
+        for k, keep in enumerate(run.keep):
+            if keep:
+                self._maps[run.first + k] = (probs, k, run.loud, run.count, run.quiet_bound)
         if self.top_k == 1:  # only the argmax is summed: nothing else adds anything
             out[_BOUND] = 0.0
         if run.ok is not None:
@@ -890,24 +901,19 @@ class PanoramaFusion:
         rest = run.rest
         if not rest.numel():
             return
-        _, C, h, w = maps.shape
-        S = h * w
+        h, w = maps.shape[-2:]
         entries = run.sl.start + rest  # (R,) entries of the panorama
-        offset = (self.geometry.entry_patch[entries] - run.first) * S  # (R,) k * S' of each entry's map
+        k = (self.geometry.entry_patch[entries] - run.first).long()  # (R,) each entry's map in the run
         flat, bilinear = BilinearCorners.of_grid(run.grid[rest], h, w).read()  # (4,R) each
-        corners = (flat + offset).view(-1)  # (4R,) the corners in the b maps
+        corners = (flat + k * (h * w)).view(-1)  # (4R,) the corners in the b maps
         cls = run.top.view(-1).index_select(0, corners).view(flat.shape)  # (4R,) -> (4,R) their top classes
         a = cls[0]
         differs = cls != a
         # The first other class, and whether a third one is there.
         other = torch.where(differs[1], cls[1], torch.where(differs[2], cls[2], cls[3]))
         two = ~(differs & (cls != other)).any(0)
-        base = offset.long() * C + flat  # (4,R) the corners in class 0 of their map
-
-        def value_of(c: Tensor) -> Tensor:  # (R,) class c interpolated from the maps
-            return (maps.view(-1)[base + c * S] * bilinear).sum(0)
-
-        p_a, p_b = value_of(a), value_of(other)
+        both = torch.stack((a, other), 1).long()  # (R,2)
+        p_a, p_b = _read_classes(maps, k, both, flat, bilinear).unbind(1)  # (R,2) -> (R,) each
         u = self.sem[_BOUND, entries]
         a_first = p_a > p_b
         p_first, p_second = torch.maximum(p_a, p_b), torch.minimum(p_a, p_b)

@@ -22,7 +22,7 @@ passes; `read_points` reads a map at arbitrary points with one grid_sample call,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -476,16 +476,7 @@ class PatchToErp:
         order = layout.entry[position]  # (M,) the entry (old order) of each entry of the new order
         entry = torch.empty_like(position)
         entry[position] = torch.arange(len(position), device=position.device)
-        mapping = PatchToErp(
-            self.erp_height,
-            self.patch_height,
-            self.patch_width,
-            self.erp_index[order],
-            self.x[order],
-            self.y[order],
-            self.offsets,
-            self.footprints,
-        )
+        mapping = replace(self, erp_index=self.erp_index[order], x=self.x[order], y=self.y[order])
         return mapping, SlotLayout(position, entry.int(), layout.starts, layout.order, layout.rank, layout.count)
 
     def centre_distance(self) -> Tensor:

@@ -298,7 +298,7 @@ def test_top_class_reads_only_classes_above_the_quiet_ones(monkeypatch):
     maps[4, 44, 11] = math.inf
     # map 5: every class quiet, one of them up to exactly _QUIET
     maps[5, 77, 3] = fusion._QUIET
-    value, top, bound, finite, quiet, quiet_bound = _top_class(maps.clone())
+    value, top, bound, finite, loud_classes, count, quiet_bound = _top_class(maps.clone())
     expected_finite = torch.ones(6, S, dtype=torch.bool)
     expected_finite[2, 7] = expected_finite[3, 9] = expected_finite[4, 10] = expected_finite[4, 11] = False
     assert torch.equal(finite, expected_finite)
@@ -309,7 +309,9 @@ def test_top_class_reads_only_classes_above_the_quiet_ones(monkeypatch):
     # The bound is the runner-up's magnitude (to 1e-4) or the largest quiet value, whichever is larger.
     loud = (maps.amax(2) > fusion._QUIET) | (maps.amin(2) < 0) | ~torch.isfinite(maps).all(2)  # (6,C)
     quiet_largest = torch.where(loud[..., None], 0.0, maps).amax((1, 2))[:, None]  # (6,1) per map
-    assert torch.equal(quiet, ~loud) and torch.equal(quiet_bound, quiet_largest[:, 0])
+    assert torch.equal(count, loud.sum(1)) and torch.equal(quiet_bound, quiet_largest[:, 0])
+    for k in range(6):  # each map's loud classes, ascending, first in its row
+        assert torch.equal(loud_classes[k, : count[k]], torch.nonzero(loud[k]).squeeze(1)), k
     magnitude = torch.where(loud[..., None], maps.abs(), 0.0).scatter(1, top.long()[:, None], 0.0).amax(1)
     tight = torch.maximum(magnitude * (1 + 1e-4) + 1e-30, quiet_largest)
     assert bool((bound <= tight)[ok].all())
@@ -323,7 +325,7 @@ def test_top_class_reads_only_classes_above_the_quiet_ones(monkeypatch):
     # Maps that read many classes go map by map: the same results.
     for few in (0, 150):
         monkeypatch.setattr(fusion, "_FEW_LOUD", few)
-        expected_all = (value, top, bound, finite, quiet, quiet_bound)
+        expected_all = (value, top, bound, finite, loud_classes, count, quiet_bound)
         for got, expected in zip(_top_class(maps.clone()), expected_all, strict=True):
             torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
 
