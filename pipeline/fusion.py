@@ -585,7 +585,7 @@ def _read_classes(maps: Tensor, k: Tensor, classes: Tensor, flat: Tensor, biline
     for start in range(0, len(k), step):
         part = slice(start, start + step)
         planes = (k[part, None] * C + classes[part]) * (h * w)  # (R',A) where each class's plane starts
-        values = maps.view(-1)[flat[:, part, None] + planes]  # (4,R',A)
+        values = torch.take(maps, flat[:, part, None] + planes)  # (4,R',A)
         torch.sum(values.mul_(bilinear[:, part, None]), 0, out=out[part])
     return out
 
@@ -903,8 +903,8 @@ class PanoramaFusion:
             return
         h, w = maps.shape[-2:]
         entries = run.sl.start + rest  # (R,) entries of the panorama
-        k = (self.geometry.entry_patch[entries] - run.first).long()  # (R,) each entry's map in the run
-        flat, bilinear = BilinearCorners.of_grid(run.grid[rest], h, w).read()  # (4,R) each
+        k = (self.geometry.entry_patch.index_select(0, entries) - run.first).long()  # (R,) each entry's map in the run
+        flat, bilinear = BilinearCorners.of_grid(run.grid.index_select(0, rest), h, w).read()  # (4,R) each
         corners = (flat + k * (h * w)).view(-1)  # (4R,) the corners in the b maps
         cls = run.top.view(-1).index_select(0, corners).view(flat.shape)  # (4R,) -> (4,R) their top classes
         a = cls[0]
@@ -914,16 +914,17 @@ class PanoramaFusion:
         two = ~(differs & (cls != other)).any(0)
         both = torch.stack((a, other), 1).long()  # (R,2)
         p_a, p_b = _read_classes(maps, k, both, flat, bilinear).unbind(1)  # (R,2) -> (R,) each
-        u = self.sem[_BOUND, entries]
+        u = self.sem[_BOUND].index_select(0, entries)
         a_first = p_a > p_b
         p_first, p_second = torch.maximum(p_a, p_b), torch.minimum(p_a, p_b)
         settled = two & (p_a != p_b) & (p_first > u)
-        self.sem[_CLASS, entries] = torch.where(a_first, a, other).float()
-        self.sem[_PROB, entries] = p_first
+        self.sem[_CLASS].index_copy_(0, entries, torch.where(a_first, a, other).float())
+        self.sem[_PROB].index_copy_(0, entries, p_first)
         second = torch.nonzero(settled & (p_second > u)).squeeze(1)
         if self.top_k > 1 and second.numel():
             seconds = torch.where(a_first, other, a)[second].long()
-            self._seconds.append((entries[second], seconds, p_second[second] * run.weight[rest[second]]))
+            weight = run.weight.index_select(0, rest[second])
+            self._seconds.append((entries[second], seconds, p_second[second] * weight))
         run.rest = rest[~settled]
 
     def _list_exactly(
@@ -1145,17 +1146,19 @@ class PanoramaFusion:
         # `sem` become in place the contributions to the candidate (values) and the rivals
         # (bounds), which differ from them only there.
         other = _positions(layout.differs(classes, candidate))  # (R,) positions, ascending
-        other_bound = bound[other]  # (R,)
-        bound[other] = torch.maximum(values[other], other_bound)
-        values[other] = 0.0
+        other_pixels = layout.pixels_at(other)  # (R,)
+        other_bound = bound.index_select(0, other)  # (R,)
+        bound.index_copy_(0, other, torch.maximum(values.index_select(0, other), other_bound))
+        values.index_fill_(0, other, 0.0)
         contribution, rival = values, bound
         known = torch.zeros(len(other), dtype=torch.bool, device=g.device)  # (R,) its second is the candidate
         if self._seconds:
             entries, second, second_value = (torch.cat(t) for t in zip(*self._seconds, strict=True))
-            at = g.layout.position[entries]
-            hit = second.float() == candidate[layout.pixels_at(at)]  # the entry's pixel's candidate
+            at = g.layout.position.index_select(0, entries)
+            hit = second.float() == candidate.index_select(0, layout.pixels_at(at))  # the entry's pixel's candidate
             contribution.index_add_(0, at, torch.where(hit, second_value, 0.0))
-            rival[at] = torch.where(hit, rival[at], torch.maximum(rival[at], second_value))
+            rivals = rival.index_select(0, at)
+            rival.index_copy_(0, at, torch.where(hit, rivals, torch.maximum(rivals, second_value)))
             hit_at = at[hit]
             row = torch.searchsorted(other, hit_at)
             assert bool((other[row.clamp_max(len(other) - 1)] == hit_at).all()), "a hit entry knew the candidate"
@@ -1166,7 +1169,7 @@ class PanoramaFusion:
         fused = layout.reduce(contribution, overwrite=True)
         rival = layout.reduce(rival, overwrite=True)
         uncertain = fused <= rival
-        uncertain[layout.pixels_at(other[unknown])] = True
+        uncertain[other_pixels[unknown]] = True
         label = torch.where(has, candidate, -1.0)  # float32 class ids until rasterised (a 4-byte gather)
         exact = _positions(has & uncertain)
         if exact.numel():
@@ -1184,10 +1187,10 @@ class PanoramaFusion:
         differ = torch.zeros_like(has)
         if everyone:
             compared = g.full.multi
-            differ[layout.pixels_at(other)] = True
+            differ[other_pixels] = True
         else:
             compared = layout.reduce(classes >= 0) >= 2
-            differ[layout.pixels_at(other[classes[other] >= 0])] = True
+            differ[other_pixels[classes[other] >= 0]] = True
         differ &= compared
         n_compared, n_differ = torch.stack((torch.count_nonzero(compared), torch.count_nonzero(differ))).tolist()
         labels.stats["semantic_disagreement"] = n_differ / n_compared if n_compared else math.nan
@@ -1200,10 +1203,12 @@ class PanoramaFusion:
 
         An entry whose patch's map was kept reads only the map's loud classes (`_loud_reads`):
         one above the map's quiet bound is in the entry's top-k list, and any other class adds at
-        most its value or the quiet bound. Where the top of the sums known so far is known at
-        every entry and exceeds what any other class could reach, it is the argmax; the other
-        pixels are summed from the full top-k lists (`_summed_from_lists`), read from the kept
-        maps' every class, as all of them are where there is little to read (`_LOUD_READS_FROM`).
+        most its value or the quiet bound. Where the top of the sums known so far exceeds what
+        any other class could reach, it is the argmax, and its sum is completed from the full
+        top-k lists of the entries that do not have it above the quiet bound (read from their
+        kept maps' every class). The other pixels are summed from the full top-k lists of every
+        entry (`_summed_lists`, from the figures of their entries found here), as all of them
+        are where there is little to read (`_LOUD_READS_FROM`).
         """
         target, weight, entries = self._entries_of(pixels, weights)
         classes, summed, todo = self._known_lists(entries, weight)
@@ -1213,8 +1218,8 @@ class PanoramaFusion:
         sums = torch.zeros(C * L, device=device)  # (C*L,) per class and pixel, what is known
         found, pair_entry, pair_class, pair_value, quiet_bound, unread = self._loud_reads(entries[todo])
         mine = todo[found]  # (R',) the entries that read loud classes
-        summed[:, mine] = 0.0  # the loud classes tell their figures instead
-        sums.index_add_(0, (classes * L + target).flatten(), summed.flatten())
+        known_sums = summed.index_fill(1, mine, 0.0)  # (k,R) the loud classes tell their figures instead
+        sums.index_add_(0, (classes * L + target).flatten(), known_sums.flatten())
         pixel = target[mine][pair_entry]  # (N,) the pixel of each (entry, loud class) pair
         contribution = pair_value * weight[mine][pair_entry]  # (N,)
         # Bilinear weights may sum to an ulp over 1: a margin of 2^-20 keeps the quiet bound one.
@@ -1224,36 +1229,51 @@ class PanoramaFusion:
         slot = pair_class * L + pixel  # (N,) into (C*L,)
         sums.index_add_(0, slot[above], contribution[above])
         # What any class could reach: its known sum, plus at every entry that reads loud
-        # classes its value where it is loud and not above, else the quiet bound.
+        # classes its value (or nothing, if that is less) where it is loud and not above, else
+        # the quiet bound.
         reach = sums.view(C, L) + torch.zeros(L, device=device).index_add_(0, target[mine], quiet)  # (C,L)
-        reach.view(-1).index_add_(0, slot, torch.where(above, 0.0, contribution) - quiet[pair_entry])
-        known = torch.zeros(C * L, device=device).index_add_(0, slot[above], torch.ones_like(contribution[above]))
+        reach.view(-1).index_add_(0, slot, torch.where(above, 0.0, contribution.clamp_min(0.0)) - quiet[pair_entry])
         best, best_class = sums.view(C, L).max(0)  # (C*L,) -> (C,L)
-        top = best_class * L + torch.arange(L, device=device)  # (L,) into (C*L,)
-        readers = torch.zeros(L, device=device).index_add_(0, target[mine], torch.ones_like(quiet))
-        reach.view(-1)[top] = -math.inf
-        # The top is known where every entry that reads loud classes has it above the quiet
-        # bound; it wins where no other class reaches it (with a margin for the sums' rounding).
-        sure = (known[top] == readers) & (best * (1.0 - 2.0**-16) > reach.amax(0))
-        unread_pixels = target[todo[unread]]
-        sure[unread_pixels] = False
+        reach.view(-1)[best_class * L + torch.arange(L, device=device)] = -math.inf
+        rival = reach.amax(0)  # (L,) the most any other class could reach
+        # The top wins where no other class reaches what is known of it (with a margin for the
+        # sums' rounding).
+        sure = best * (1.0 - 2.0**-16) > rival
+        sure[target[todo[unread]]] = False
+        # Its sum lacks what the entries that do not have it above the quiet bound add to it:
+        # its value where it is in their top-k lists.
+        tops = (pair_class == best_class[pixel]) & above  # (N,)
+        has_top = torch.zeros(len(mine), dtype=torch.bool, device=device)
+        has_top[pair_entry[tops]] = True
+        lacking = mine[_positions(~has_top & sure[target[mine]])]  # (F,) indices into `entries`
+        if lacking.numel():
+            kept, list_classes, list_probs = self._kept_top_lists(entries[lacking])  # (k,F) each
+            assert len(kept) == len(lacking), "an entry that read loud classes has its map kept"
+            lacking = lacking[kept]
+            at = target[lacking]  # (F,) their pixels
+            top_prob = (list_probs * (list_classes == best_class[at])).sum(0)  # (k,F) -> (F,) 0 outside the list
+            best.index_add_(0, at, top_prob * weight[lacking])
+            sure &= best * (1.0 - 2.0**-16) > rival  # unchanged unless a teacher gave negative values
         unsure = _positions(~sure)
         if unsure.numel():
-            best_class[unsure], best[unsure] = self._summed_from_lists(pixels[unsure], weights)
+            row = torch.full((L,), -1, dtype=torch.int64, device=device)
+            row[unsure] = torch.arange(len(unsure), device=device)
+            at = row[target]  # (R,) each entry's row among the unsure pixels, -1 elsewhere
+            theirs = _positions(at >= 0)  # (R'',) the entries of the unsure pixels
+            listed = torch.ones(len(entries), dtype=torch.bool, device=device)
+            listed[todo] = False
+            best_class[unsure], best[unsure] = self._summed_lists(
+                at[theirs], weight[theirs], entries[theirs], classes[:, theirs], summed[:, theirs],
+                _positions(~listed[theirs]), len(unsure),
+            )  # fmt: skip
         return best_class, best
-
-    def _summed_from_lists(self, pixels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-        """`_summed_exactly` from the full top-k lists of every entry: those of kept maps read
-        from every class."""
-        target, weight, entries = self._entries_of(pixels, weights)
-        classes, summed, todo = self._known_lists(entries, weight)
-        return self._summed_lists(target, weight, entries, classes, summed, todo, len(pixels))
 
     def _summed_lists(
         self, target: Tensor, weight: Tensor, entries: Tensor, classes: Tensor, summed: Tensor, todo: Tensor, L: int
     ) -> tuple[Tensor, Tensor]:
-        """`_summed_from_lists` once `_entries_of` and `_known_lists` have given their figures
-        of the entries (R,) of L pixels: the entries `todo` (T,) read their kept maps' every class."""
+        """Argmax class (L,) and its summed weighted probability (L,) of L pixels from the full
+        top-k lists of their entries (R,), once `_entries_of` and `_known_lists` have given
+        their figures: the entries `todo` (T,) read their kept maps' every class."""
         if self._maps and todo.numel():
             kept, kept_classes, kept_probs = self._kept_top_lists(entries[todo])
             mine = todo[kept]
@@ -1275,10 +1295,10 @@ class PanoramaFusion:
             at.append(layout.starts[s] + pixels[inside])
             target.append(inside)
         at, target = torch.cat(at), torch.cat(target)
-        weight = weights[at]
+        weight = weights.index_select(0, at)
         live = weight > 0
         at, target, weight = at[live], target[live], weight[live]
-        return target, weight, g.entry[at]
+        return target, weight, g.entry.index_select(0, at)
 
     def _known_lists(self, entries: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """What is known of the top-k lists of `entries` (R,) of weights `weight` (R,) without
@@ -1288,7 +1308,8 @@ class PanoramaFusion:
         k, R, device = self.top_k, len(entries), weight.device
         classes = torch.zeros(k, R, dtype=torch.int64, device=device)
         summed = torch.zeros(k, R, device=device)
-        classes[0], summed[0] = self.sem[_CLASS, entries].long(), self.sem[_PROB, entries]
+        classes[0] = self.sem[_CLASS].index_select(0, entries).long()
+        summed[0] = self.sem[_PROB].index_select(0, entries)
         if self._seconds and k > 1:
             found, second, second_value = _look_up(self._seconds, entries)
             classes[1, found], summed[1, found] = second, second_value
@@ -1350,7 +1371,7 @@ class PanoramaFusion:
         reads (`BilinearCorners.read`), and the run's loud classes, their counts and its
         largest quiet values (as `_maps` keeps them)."""
         g = self.geometry
-        patch = g.entry_patch[entries].long()
+        patch = g.entry_patch.index_select(0, entries).long()
         runs: dict[int, tuple[int, Tensor, tuple]] = {}
         first_of = [-1] * g.num_patches  # the first patch of each kept patch's run
         for n, (maps, k, *rest) in self._maps.items():
@@ -1363,7 +1384,7 @@ class PanoramaFusion:
             if mine.numel():
                 size = tuple(maps.shape[-2:])
                 if size not in corners:
-                    corners[size] = BilinearCorners.of_grid(g.grid[entries], *size).read()  # (4,R) each
+                    corners[size] = BilinearCorners.of_grid(g.grid.index_select(0, entries), *size).read()  # (4,R) each
                 read = tuple(t[:, mine] for t in corners[size])  # (4,R_r) each
                 found.append((maps, mine, patch[mine] - first, read, rest))
         return found

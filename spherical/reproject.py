@@ -265,14 +265,17 @@ class SlotLayout:
 
 def _gather_last(values: Tensor, index: Tensor, out: Tensor | None = None) -> Tensor:
     """(..., n) values -> (..., m) `values[..., index]` for an (m,) index, written into `out`
-    (contiguous, of the result's shape and dtype) when given. A row at a time: on a CPU a 1-D
-    index_select is faster than one along the last of several dimensions."""
+    (contiguous, of the result's shape and dtype) when given. Several rows in one index_select
+    along the last dimension, which reads each index once: on a CPU three rows of 1.47M
+    entries 4.8-5.2 ms -> 3.5 ms, of 7.2M 23.5 -> 18.8 ms, against one index_select a row; a
+    single row as 1-D, faster than as (1, n) at 7.2M (7.5 against 8.9 ms)."""
     if out is None:
         out = values.new_empty((*values.shape[:-1], len(index)))
     assert out.shape == (*values.shape[:-1], len(index)) and out.dtype == values.dtype, "bad out"
     assert out.is_contiguous(), "bad out"
-    for row, source in zip(out.view(-1, len(index)), values.reshape(-1, values.shape[-1]), strict=True):
-        torch.index_select(source, 0, index, out=row)
+    if values.dim() == 1:
+        return torch.index_select(values, 0, index, out=out)
+    torch.index_select(values.reshape(-1, values.shape[-1]), 1, index, out=out.view(-1, len(index)))  # (R,n) -> (R,m)
     return out
 
 

@@ -52,6 +52,15 @@ def room():
     # Half the patches certain (one-hot: nothing unknown, their maps not kept), half close calls.
     mixed = F.one_hot(dense.argmax(1), CLASSES).permute(0, 3, 1, 2).float()  # (P,h,w,C) -> (P,C,h,w)
     mixed[1::2] = close[1::2]
+    # Patches that disagree: every other one gives 90% of the room's most common class to an
+    # unused class and the rest to another, so that where the others see it, it wins (no ties)
+    # and is quiet in these patches' maps.
+    common = int(torch.bincount(gt.semantic.flatten().long()).argmax())
+    disagreeing = dense.clone()
+    mass = dense[1::2, common] - dense[1::2, -1]  # (P/2,h/4,w/4) above the floor every class has
+    disagreeing[1::2, -1] += 0.9 * mass
+    disagreeing[1::2, -2] += 0.1 * mass
+    disagreeing[1::2, common] -= mass
     confidence = torch.rand(P, PATCH, PATCH, generator=g)
     return {
         "cameras": cameras,
@@ -62,6 +71,7 @@ def room():
         "dense": dense,
         "close": close,
         "mixed": mixed,
+        "disagreeing": disagreeing,
         "confidence": confidence,
     }
 
@@ -154,7 +164,7 @@ def test_depth_and_normals_match_the_reference(room, kind, holes):
 
 
 @pytest.mark.parametrize("top_k", [8, 1, 2, 0])
-@pytest.mark.parametrize("maps", ["one_hot", "dense", "close", "mixed"])
+@pytest.mark.parametrize("maps", ["one_hot", "dense", "close", "mixed", "disagreeing"])
 def test_semantic_matches_the_reference(room, maps, top_k):
     config = FusionConfig(semantic_top_k=top_k)
     outputs = dict(probs=room[maps], probs_confidence=room["confidence"] if maps in ("close", "mixed") else None)
@@ -185,35 +195,61 @@ def test_semantic_without_kept_maps_lists_every_entry(room, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("maps", "top_k", "read_values"),
-    [("dense", 8, 1 << 18), ("mixed", 8, 1 << 18), ("mixed", 8, 1000), ("mixed", 2, 1 << 18), ("mixed", 0, 1 << 18)],
+    ("maps", "top_k", "read_values", "completes"),
+    [
+        ("dense", 8, 1 << 18, False),
+        ("disagreeing", 8, 1 << 18, True),
+        ("disagreeing", 8, 1000, True),
+        ("mixed", 8, 1 << 18, False),
+        ("mixed", 8, 1000, False),
+        ("mixed", 2, 1 << 18, False),
+        ("mixed", 0, 1 << 18, True),
+    ],
 )
-def test_uncertain_pixels_are_summed_from_loud_classes_where_they_decide(room, maps, top_k, read_values, monkeypatch):
+def test_uncertain_pixels_are_summed_from_loud_classes_where_they_decide(
+    room, maps, top_k, read_values, completes, monkeypatch
+):
     """The pixels the entries' figures cannot certify are summed from their kept maps' loud
-    classes, and from every class only where those do not decide: the reference's labels,
+    classes, completed from every class at the entries that lack the top where those decide,
+    and summed from every class of every entry where they do not: the reference's labels,
     whether the maps are read at once or in pieces. (This room's few uncertain pixels would
     read every class at once: the loud classes are read first from any count on.)"""
     monkeypatch.setattr(fusion, "_READ_VALUES", read_values)
     monkeypatch.setattr(fusion, "_LOUD_READS_FROM", 0)
-    summed = {"exactly": 0, "from_lists": 0}
+    summed = {"exactly": 0, "lists": 0}  # pixels summed by each
+    completed = []  # entries read in full outside `_summed_lists`, to complete a top's sum
+    summing_lists = []
 
-    def counted(name):
+    def counted(name, pixels_of):
         method = getattr(PanoramaFusion, f"_summed_{name}")
 
-        def count(self, pixels, weights):
-            summed[name] += len(pixels)
-            return method(self, pixels, weights)
+        def count(self, *args):
+            summed[name] += pixels_of(args)
+            summing_lists.append(name == "lists")
+            try:
+                return method(self, *args)
+            finally:
+                summing_lists.pop()
 
         return count
 
-    for name in summed:
-        monkeypatch.setattr(PanoramaFusion, f"_summed_{name}", counted(name))
+    top_lists = PanoramaFusion._kept_top_lists
+
+    def read_in_full(self, entries):
+        if not summing_lists[-1]:
+            completed.append(len(entries))
+        return top_lists(self, entries)
+
+    monkeypatch.setattr(PanoramaFusion, "_summed_exactly", counted("exactly", lambda args: len(args[0])))
+    monkeypatch.setattr(PanoramaFusion, "_summed_lists", counted("lists", lambda args: args[-1]))
+    monkeypatch.setattr(PanoramaFusion, "_kept_top_lists", read_in_full)
     config = FusionConfig(semantic_top_k=top_k)
     labels, kept, _ = fuse(room["cameras"], config, probs=room[maps])
     expected = reference_fusion(room["cameras"], ERP_HEIGHT, config, probs=room[maps])
     assert torch.equal(labels.semantic, expected["semantic"])
     torch.testing.assert_close(labels.semantic_confidence, expected["semantic_confidence"], rtol=0, atol=1e-5)
-    assert kept > 0 and 0 < summed["from_lists"] < summed["exactly"], summed
+    assert kept > 0 and 0 < summed["lists"] < summed["exactly"], summed
+    assert (sum(completed) > 0) == completes, completed
 
 
 def test_batches_and_their_order_do_not_change_the_labels(room):
