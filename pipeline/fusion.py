@@ -612,8 +612,9 @@ def _all_four(flags: Tensor) -> Tensor:
 
 @dataclass
 class _SemanticRun:
-    """The semantic summary of b consecutive patches of a teacher batch between the passes of
-    `PanoramaFusion.add_semantic`; their entries are consecutive too (mapping order).
+    """The semantic summary of b consecutive patches of a teacher batch from `_summarise` to
+    `_settle` (in `add_semantic`, or in `finish` when all their maps are kept); their entries
+    are consecutive too (mapping order).
 
     Fields:
         first: the first patch; sl: the entries of the b patches.
@@ -694,6 +695,9 @@ class PanoramaFusion:
             # the run's maps the loud classes (b,A') (first of each row, `count` (b,) of them)
             # and the largest quiet value (b,).
             self._maps: dict[int, tuple[Tensor, int, Tensor, Tensor, Tensor]] = {}
+            # Runs (maps, summary) whose maps are all kept, summarised but not settled yet:
+            # `finish` settles them together, in fewer (larger) passes.
+            self._pending: list[tuple[Tensor, _SemanticRun]] = []
 
     # ------------------------------------------------------------------ inputs
     @contextlib.contextmanager
@@ -793,8 +797,11 @@ class PanoramaFusion:
                     continue
                 part = maps[start:stop]
                 run = self._summarise(patches[start], part, None if confidence is None else confidence[start:stop])
-                self._two_classes(part, run)
-                self._settle(run, part)
+                if all(run.keep):  # its maps stay until `finish`, which settles all such runs at once
+                    self._pending.append((part, run))
+                else:
+                    self._two_classes([(part, run)])
+                    self._settle(run, part)
                 start = stop
             self.seen[patches, 1] = True
 
@@ -832,6 +839,7 @@ class PanoramaFusion:
             if self.sem_weight is None:
                 self.sem_weight = g.entry_weights.clone()
             self.sem_weight[sl] = weight
+            weight = self.sem_weight[sl]  # a run kept until `finish` holds no copy
         # The top class's probability and the bound, interpolated as every class is, straight
         # into their rows.
         pair = torch.stack((value, bound), 1).view(b, 2, h, w)  # (b,2,S') -> (b,2,h',w')
@@ -888,32 +896,47 @@ class PanoramaFusion:
             out[_PROB:].masked_fill_(~run.ok, 0.0)
         out[_PROB:] *= run.weight  # the contributions to the pixels' sums
 
-    def _two_classes(self, maps: Tensor, run: _SemanticRun) -> None:
-        """The entries left (`rest`) whose four map pixels have two top classes: both classes'
-        probabilities are read from the map. Where the larger one exceeds the bound (no other
-        class reaches it) it is the argmax, and the smaller one is known too when it also
-        exceeds the bound (kept with the seconds). Writes the argmax into `sem` and leaves in
-        the run's `rest` only the entries it could not settle.
+    def _two_classes(self, runs: list[tuple[Tensor, _SemanticRun]]) -> None:
+        """The entries left (`rest`) of some runs whose four map pixels have two top classes:
+        both classes' probabilities are read from the map. Where the larger one exceeds the
+        bound (no other class reaches it) it is the argmax, and the smaller one is known too
+        when it also exceeds the bound (kept with the seconds). Writes the argmax into `sem`
+        and leaves in each run's `rest` only the entries it could not settle. The runs' entries
+        go through one set of passes: they are few (about 1% of all), so each pass costs
+        mostly its call.
 
         Args:
-            maps: (b,C,h',w') the run's maps, contiguous; run: their summary.
+            runs: per run its (b,C,h',w') maps, contiguous, and its summary; maps of one size.
         """
-        rest = run.rest
-        if not rest.numel():
+        runs = [(maps, run) for maps, run in runs if run.rest.numel()]
+        if not runs:
             return
-        h, w = maps.shape[-2:]
-        entries = run.sl.start + rest  # (R,) entries of the panorama
-        k = (self.geometry.entry_patch.index_select(0, entries) - run.first).long()  # (R,) each entry's map in the run
-        flat, bilinear = BilinearCorners.of_grid(run.grid.index_select(0, rest), h, w).read()  # (4,R) each
-        corners = (flat + k * (h * w)).view(-1)  # (4R,) the corners in the b maps
-        cls = run.top.view(-1).index_select(0, corners).view(flat.shape)  # (4R,) -> (4,R) their top classes
+        h, w = runs[0][0].shape[-2:]
+        assert all(maps.shape[-2:] == (h, w) for maps, _ in runs), "maps of one size"
+        g = self.geometry
+        entries = torch.cat([run.sl.start + run.rest for _, run in runs])  # (R,) entries of the panorama
+        spans = list(itertools.pairwise([0, *itertools.accumulate(len(run.rest) for _, run in runs)]))  # each run's
+        flat, bilinear = BilinearCorners.of_grid(g.grid.index_select(0, entries), h, w).read()  # (4,R) each
+        patch = g.entry_patch.index_select(0, entries)  # (R,)
+        k = [(patch[lo:hi] - run.first).long() for (_, run), (lo, hi) in zip(runs, spans, strict=True)]  # map rows
+        cls = torch.cat(
+            [
+                run.top.view(-1).index_select(0, (flat[:, lo:hi] + k_r * (h * w)).view(-1)).view(4, -1)  # (4,R_r)
+                for (_, run), k_r, (lo, hi) in zip(runs, k, spans, strict=True)
+            ],
+            1,
+        )  # (4,R) the corners' top classes
         a = cls[0]
         differs = cls != a
         # The first other class, and whether a third one is there.
         other = torch.where(differs[1], cls[1], torch.where(differs[2], cls[2], cls[3]))
         two = ~(differs & (cls != other)).any(0)
         both = torch.stack((a, other), 1).long()  # (R,2)
-        p_a, p_b = _read_classes(maps, k, both, flat, bilinear).unbind(1)  # (R,2) -> (R,) each
+        read = [
+            _read_classes(maps, k_r, both[lo:hi], flat[:, lo:hi], bilinear[:, lo:hi])  # (R_r,2)
+            for (maps, _), k_r, (lo, hi) in zip(runs, k, spans, strict=True)
+        ]
+        p_a, p_b = torch.cat(read).unbind(1)  # (R,2) -> (R,) each
         u = self.sem[_BOUND].index_select(0, entries)
         a_first = p_a > p_b
         p_first, p_second = torch.maximum(p_a, p_b), torch.minimum(p_a, p_b)
@@ -922,10 +945,11 @@ class PanoramaFusion:
         self.sem[_PROB].index_copy_(0, entries, p_first)
         second = torch.nonzero(settled & (p_second > u)).squeeze(1)
         if self.top_k > 1 and second.numel():
+            weight = torch.cat([run.weight.index_select(0, run.rest) for _, run in runs]).index_select(0, second)
             seconds = torch.where(a_first, other, a)[second].long()
-            weight = run.weight.index_select(0, rest[second])
             self._seconds.append((entries[second], seconds, p_second[second] * weight))
-        run.rest = rest[~settled]
+        for (_, run), (lo, hi) in zip(runs, spans, strict=True):
+            run.rest = run.rest[~settled[lo:hi]]
 
     def _list_exactly(
         self, out: Tensor, rest: Tensor, offset: int, probs: Tensor, grid: Tensor, weight: Tensor
@@ -1440,6 +1464,11 @@ class PanoramaFusion:
                 self._fused_normals(labels)
         if self.has_semantic:
             with self._timed("semantic"):
+                for size in {maps.shape[-2:] for maps, _ in self._pending}:  # one teacher: one size
+                    self._two_classes([(maps, run) for maps, run in self._pending if maps.shape[-2:] == size])
+                for maps, run in self._pending:
+                    self._settle(run, maps)
+                self._pending.clear()
                 self._fused_semantic(labels)
         # The state goes back to the geometry for the next panorama; a finished fusion holds none.
         for name in ("depth_value", "normal_value", "sem"):

@@ -104,8 +104,16 @@ def fuse(
             state.add_normals(ids, part("normals", ids), part("normals_confidence", ids))
         if probs is not None:
             state.add_semantic(ids, part("probs", ids), part("probs_confidence", ids))
-    kept, listed = len(state._maps) if probs is not None else 0, len(state._lists) if probs is not None else 0
-    return state.finish(), kept, listed
+    counts = {"kept": 0, "listed": 0}  # maps kept and exact lists made, as the fusion of classes starts
+    if probs is not None:
+        fused_semantic = state._fused_semantic
+
+        def counted(labels):
+            counts.update(kept=len(state._maps), listed=len(state._lists))
+            fused_semantic(labels)
+
+        state._fused_semantic = counted
+    return state.finish(), counts["kept"], counts["listed"]
 
 
 def assert_stats_close(stats: dict, expected: dict) -> None:
