@@ -915,7 +915,7 @@ class PanoramaFusion:
         assert all(maps.shape[-2:] == (h, w) for maps, _ in runs), "maps of one size"
         g = self.geometry
         entries = torch.cat([run.sl.start + run.rest for _, run in runs])  # (R,) entries of the panorama
-        spans = list(itertools.pairwise([0, *itertools.accumulate(len(run.rest) for _, run in runs)]))  # each run's
+        spans = list(itertools.pairwise([0, *itertools.accumulate(len(run.rest) for _, run in runs)]))  # [lo, hi) a run
         flat, bilinear = BilinearCorners.of_grid(g.grid.index_select(0, entries), h, w).read()  # (4,R) each
         patch = g.entry_patch.index_select(0, entries)  # (R,)
         k = [(patch[lo:hi] - run.first).long() for (_, run), (lo, hi) in zip(runs, spans, strict=True)]  # map rows
