@@ -569,6 +569,9 @@ _LOUD_READS_FROM = 1 << 17
 
 # Rows of `PanoramaFusion.sem`.
 _CLASS, _PROB, _BOUND = range(3)
+# A top class wins over its rivals only when its sum times this exceeds what they could reach,
+# a margin for the sums' float32 rounding.
+_ROUNDING = 1.0 - 2.0**-16
 # Bounds up to this are zero (a map of exact zeros gives bounds of a few subnormals): what
 # they could add is far below float32 resolution.
 _NEGLIGIBLE = 1e-30
@@ -1260,9 +1263,8 @@ class PanoramaFusion:
         best, best_class = sums.view(C, L).max(0)  # (C*L,) -> (C,L)
         reach.view(-1)[best_class * L + torch.arange(L, device=device)] = -math.inf
         rival = reach.amax(0)  # (L,) the most any other class could reach
-        # The top wins where no other class reaches what is known of it (with a margin for the
-        # sums' rounding).
-        sure = best * (1.0 - 2.0**-16) > rival
+        # The top wins where no other class reaches what is known of it.
+        sure = best * _ROUNDING > rival
         sure[target[todo[unread]]] = False
         # Its sum lacks what the entries that do not have it above the quiet bound add to it:
         # its value where it is in their top-k lists.
@@ -1277,18 +1279,18 @@ class PanoramaFusion:
             at = target[lacking]  # (F,) their pixels
             top_prob = (list_probs * (list_classes == best_class[at])).sum(0)  # (k,F) -> (F,) 0 outside the list
             best.index_add_(0, at, top_prob * weight[lacking])
-            sure &= best * (1.0 - 2.0**-16) > rival  # unchanged unless a teacher gave negative values
+            sure &= best * _ROUNDING > rival  # unchanged unless a teacher gave negative values
         unsure = _positions(~sure)
         if unsure.numel():
             row = torch.full((L,), -1, dtype=torch.int64, device=device)
             row[unsure] = torch.arange(len(unsure), device=device)
             at = row[target]  # (R,) each entry's row among the unsure pixels, -1 elsewhere
             theirs = _positions(at >= 0)  # (R'',) the entries of the unsure pixels
-            listed = torch.ones(len(entries), dtype=torch.bool, device=device)
-            listed[todo] = False
+            unlisted = torch.zeros(len(entries), dtype=torch.bool, device=device)  # without a whole list
+            unlisted[todo] = True
             best_class[unsure], best[unsure] = self._summed_lists(
                 at[theirs], weight[theirs], entries[theirs], classes[:, theirs], summed[:, theirs],
-                _positions(~listed[theirs]), len(unsure),
+                _positions(unlisted[theirs]), len(unsure),
             )  # fmt: skip
         return best_class, best
 
