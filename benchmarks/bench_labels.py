@@ -281,8 +281,8 @@ def _python(code: str) -> float:
     return float(run.stdout.split()[-1])
 
 
-def first_row_seconds(data: Path, out: Path) -> float:
-    """Seconds from starting `mtpano labels` (Ray, one worker) to its first row file."""
+def first_row_seconds(data: Path, out: Path) -> tuple[float, float]:
+    """Seconds from starting `mtpano labels` (Ray, one worker) to its first row file, and to its end."""
     shutil.rmtree(out, ignore_errors=True)
     exe = Path(sys.executable).with_name("mtpano")
     teachers = [f"--{t}-teacher" if t != "normals" else "--normal-teacher" for t in ("depth", "semantic", "normals")]
@@ -297,7 +297,7 @@ def first_row_seconds(data: Path, out: Path) -> float:
             first = time.perf_counter() - began
         time.sleep(0.02)
     assert proc.returncode == 0, f"mtpano labels exited with {proc.returncode}"
-    return first
+    return first, time.perf_counter() - began
 
 
 def worker_setup_seconds(data: Path, root: Path) -> tuple[float, float]:
@@ -322,13 +322,25 @@ def worker_setup_seconds(data: Path, root: Path) -> tuple[float, float]:
     return setup, time.perf_counter() - began
 
 
+STARTUP_RUNS = 3
+
+
 def startup_section(data: Path, root: Path) -> None:
-    first = first_row_seconds(data, root / "startup")
-    ray_init = _python(RAY_INIT)
+    loads, firsts, ends, inits = [], [], [], []
+    for _ in range(STARTUP_RUNS):
+        loads.append(os.getloadavg()[0])
+        first, end = first_row_seconds(data, root / "startup")
+        firsts.append(first)
+        ends.append(end)
+        inits.append(_python(RAY_INIT))
+    first, end, ray_init = (statistics.median(v) for v in (firsts, ends, inits))
     imports = _python(IMPORTS)
     setup, call = worker_setup_seconds(data, root)
     rest = first - ray_init - imports - setup - call
-    print("## start-up: `mtpano labels` with Ray and 1 worker, all three no-cost teachers, labels 512x1024")
+    print(
+        f"## start-up: `mtpano labels` with Ray and 1 worker, all three no-cost teachers, labels 512x1024, "
+        f"{PANORAMAS} panoramas (medians of {STARTUP_RUNS} runs)"
+    )
     print()
     rows = [
         ("process start to the first panorama's row", f"{first:.1f}"),
@@ -338,8 +350,16 @@ def startup_section(data: Path, root: Path) -> None:
         ("  the worker's set-up: teachers, correspondences, seams", f"{setup:.1f}"),
         ("  the worker's first call: 2 panoramas decoded, labelled, written", f"{call:.1f}"),
         ("  the rest: Ray scheduling, the worker's process and imports", f"{rest:.1f}"),
+        (f"process start to the end of the run ({PANORAMAS} panoramas)", f"{end:.1f}"),
     ]
     print(table(rows, ("", "seconds")))
+    print()
+    print(
+        "runs (first row / ray.init / end): "
+        + ", ".join(f"{f:.1f}/{i:.1f}/{e:.1f}" for f, i, e in zip(firsts, inits, ends, strict=True))
+        + "; load: "
+        + ", ".join(f"{load:.1f}" for load in loads)
+    )
 
 
 # ---------------------------------------------------------------------- 3. a real-sized teacher

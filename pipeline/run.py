@@ -33,9 +33,16 @@ from pipeline.teachers.base import METRIC_ZDEPTH, TeacherError
 from pipeline.teachers.registry import ResolvedTeacher, check_teacher_set, resolve
 from storage.labelstore import STATUS_FAILED, STATUS_OK, LabelStore, PanoramaEntry, StoreError, StoreSpec
 
-# Logical CPUs kept free on a local machine for the decoding stage and the driver.
-_DECODE_CPUS = 0.25
-_RESERVED_CPUS = 0.5
+# A decode task's logical CPUs, and those kept free for them on a machine without GPUs: one
+# decode at a time beside the workers there. Each decode running at once needs a Ray worker
+# process of its own, and on a small machine starting a second one (about a CPU second) only
+# slows the labelling workers it shares the cores with.
+_DECODE_CPUS = 0.5
+_RESERVED_CPUS = _DECODE_CPUS
+# How long an idle Ray worker process of a local instance lives. Ray's default (1 s, once there
+# are more processes than CPUs) ends the decode tasks' processes between two calls of the
+# labelling workers on a small machine, and every call would then start new ones.
+_IDLE_WORKER_MS = 60_000
 
 
 class UsageError(Exception):
@@ -139,7 +146,7 @@ def _worker_resources(options: RunOptions) -> tuple[int, dict[str, float], int |
         workers = options.workers or gpus
         return workers, {"num_gpus": 1, "num_cpus": 1}, options.threads_per_worker
     workers = options.workers or 1
-    per_worker = max(_DECODE_CPUS, (cpus - _RESERVED_CPUS) / workers)
+    per_worker = (cpus - _RESERVED_CPUS) / workers
     threads = options.threads_per_worker or max(1, int(os.cpu_count() or 1) // workers)
     return workers, {"num_cpus": per_worker}, threads
 
@@ -166,7 +173,7 @@ def _start_ray(address: str | None) -> None:
     previous = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = python_path
     try:
-        ray.init(address="local", **options)
+        ray.init(address="local", _system_config={"idle_worker_killing_time_threshold_ms": _IDLE_WORKER_MS}, **options)
     finally:
         if previous is None:
             del os.environ["PYTHONPATH"]

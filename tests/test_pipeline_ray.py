@@ -7,6 +7,8 @@ sees: exit codes, messages, and the store left on disk.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import os
 import shutil
 import signal
@@ -291,3 +293,57 @@ def test_joins_a_running_ray_cluster(rooms, tmp_path):
     finally:
         kill_session(head.pid)
         head.wait()
+
+
+DECODE_PROCESSES = """
+import json, os, sys, time
+import ray
+from pipeline.config import RunOptions
+from pipeline.run import _DECODE_CPUS, _start_ray, _worker_resources
+
+_start_ray(None)
+# As many labelling workers as CPUs: more Ray processes than CPUs, when Ray ends idle ones.
+workers, resources, _ = _worker_resources(RunOptions(workers=int(sys.argv[1])))
+
+
+@ray.remote
+class Worker:
+    def ready(self):
+        return True
+
+
+@ray.remote(num_cpus=_DECODE_CPUS)
+def decode(began):
+    time.sleep(0.2)
+    return os.getpid(), time.monotonic() - began
+
+
+held = [Worker.options(**resources).remote() for _ in range(workers)]
+ray.get([w.ready.remote() for w in held])
+calls = []
+for _ in range(2):
+    began = time.monotonic()
+    calls.append(ray.get([decode.remote(began) for _ in range(3)]))
+    time.sleep(3)  # the workers' call: the decode processes idle longer than Ray's default (1 s)
+print(json.dumps({"calls": calls, "gpus": ray.cluster_resources().get("GPU", 0)}))
+"""
+
+
+def test_decode_processes_live_through_a_run(tmp_path):
+    """The decode tasks of a run on a machine without GPUs: one at a time beside the labelling
+    workers (a second process would only take their cores), in a process that outlives the
+    idle time between two calls, as a new one would cost each call a Ray worker start."""
+    script = tmp_path / "decode_processes.py"
+    script.write_text(DECODE_PROCESSES)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, str(script), str(os.cpu_count())], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    pids = [{pid for pid, _ in call} for call in found["calls"]]
+    assert pids[1] == pids[0]  # the same processes decoded the second call
+    if not found["gpus"]:
+        assert len(pids[0]) == 1
+        ends = sorted(end for _, end in found["calls"][0])
+        assert all(b - a >= 0.19 for a, b in itertools.pairwise(ends))  # one after another
