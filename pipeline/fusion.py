@@ -1228,50 +1228,19 @@ class PanoramaFusion:
         """Argmax class (L,) and its summed weighted probability (L,) of compact `pixels` (L,),
         from the exact top-k lists of every entry that sees them, with slot `weights` (M,).
 
-        An entry whose patch's map was kept reads only the map's loud classes (`_loud_reads`):
-        one above the map's quiet bound is in the entry's top-k list, and any other class adds at
-        most its value or the quiet bound. Where the top of the sums known so far exceeds what
-        any other class could reach, it is the argmax, and its sum is completed from the full
-        top-k lists of the entries that do not have it above the quiet bound (read from their
-        kept maps' every class). The other pixels are summed from the full top-k lists of every
-        entry (`_summed_lists`, from the figures of their entries found here), as all of them
-        are where there is little to read (`_LOUD_READS_FROM`).
+        Where the loud classes of the kept maps decide a pixel (`_loud_decided`), its top's sum
+        is completed from the full top-k lists of the entries that do not have it above their
+        map's quiet bound (read from their kept maps' every class). The other pixels are summed
+        from the full top-k lists of every entry (`_summed_lists`, from the figures of their
+        entries found here), as all of them are where there is little to read
+        (`_LOUD_READS_FROM`).
         """
         target, weight, entries = self._entries_of(pixels, weights)
         classes, summed, todo = self._known_lists(entries, weight)
-        L, C, device = len(pixels), self.num_classes, weight.device
-        if not self._maps or len(todo) * C < _LOUD_READS_FROM:  # few to read: the loud classes' passes cost more
+        L, device = len(pixels), weight.device
+        if not self._maps or len(todo) * self.num_classes < _LOUD_READS_FROM:  # the loud passes cost more
             return self._summed_lists(target, weight, entries, classes, summed, todo, L)
-        sums = torch.zeros(C * L, device=device)  # (C*L,) per class and pixel, what is known
-        found, pair_entry, pair_class, pair_value, quiet_bound, unread = self._loud_reads(entries[todo])
-        mine = todo[found]  # (R',) the entries that read loud classes
-        known_sums = summed.index_fill(1, mine, 0.0)  # (k,R) the loud classes tell their figures instead
-        sums.index_add_(0, (classes * L + target).flatten(), known_sums.flatten())
-        pixel = target[mine][pair_entry]  # (N,) the pixel of each (entry, loud class) pair
-        contribution = pair_value * weight[mine][pair_entry]  # (N,)
-        # Bilinear weights may sum to an ulp over 1: a margin of 2^-20 keeps the quiet bound one.
-        margin = quiet_bound.mul_(1.0 + 2.0**-20)  # (R',)
-        above = pair_value > margin[pair_entry]  # (N,) in the entry's top-k list
-        quiet = margin * weight[mine]  # (R',) what a quiet class adds at most
-        slot = pair_class * L + pixel  # (N,) into (C*L,)
-        sums.index_add_(0, slot[above], contribution[above])
-        # What any class could reach: its known sum, plus at every entry that reads loud
-        # classes its value (or nothing, if that is less) where it is loud and not above, else
-        # the quiet bound.
-        reach = sums.view(C, L) + torch.zeros(L, device=device).index_add_(0, target[mine], quiet)  # (C,L)
-        reach.view(-1).index_add_(0, slot, torch.where(above, 0.0, contribution.clamp_min(0.0)) - quiet[pair_entry])
-        best, best_class = sums.view(C, L).max(0)  # (C*L,) -> (C,L)
-        reach.view(-1)[best_class * L + torch.arange(L, device=device)] = -math.inf
-        rival = reach.amax(0)  # (L,) the most any other class could reach
-        # The top wins where no other class reaches what is known of it.
-        sure = best * _ROUNDING > rival
-        sure[target[todo[unread]]] = False
-        # Its sum lacks what the entries that do not have it above the quiet bound add to it:
-        # its value where it is in their top-k lists.
-        tops = (pair_class == best_class[pixel]) & above  # (N,)
-        has_top = torch.zeros(len(mine), dtype=torch.bool, device=device)
-        has_top[pair_entry[tops]] = True
-        lacking = mine[_positions(~has_top & sure[target[mine]])]  # (F,) indices into `entries`
+        best_class, best, rival, sure, lacking = self._loud_decided(target, weight, entries, classes, summed, todo, L)
         if lacking.numel():
             kept, list_classes, list_probs = self._kept_top_lists(entries[lacking])  # (k,F) each
             assert len(kept) == len(lacking), "an entry that read loud classes has its map kept"
@@ -1293,6 +1262,56 @@ class PanoramaFusion:
                 _positions(unlisted[theirs]), len(unsure),
             )  # fmt: skip
         return best_class, best
+
+    def _loud_decided(
+        self, target: Tensor, weight: Tensor, entries: Tensor, classes: Tensor, summed: Tensor, todo: Tensor, L: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Which of L pixels the loud classes of the kept maps decide, from their entries (R,)
+        as `_entries_of` and `_known_lists` give them (`todo` (T,): the entries without a whole
+        top-k list).
+
+        An entry whose patch's map was kept reads only the map's loud classes (`_loud_reads`):
+        one above the map's quiet bound is in the entry's top-k list, and any other class adds
+        at most its value or the quiet bound. Where the top of the sums known so far exceeds
+        what any other class could reach, it is the argmax.
+        Returns:
+            best_class: (L,) int64 the top class of what is known.
+            best: (L,) float32 its known sum (its values above the quiet bound and from whole lists).
+            rival: (L,) float32 the most any other class could reach.
+            sure: (L,) bool where the top is the argmax.
+            lacking: (F,) int64 indices into `entries` of the sure pixels' entries that read loud
+                classes but not the top above the quiet bound: their values complete its sum.
+        """
+        C, device = self.num_classes, weight.device
+        sums = torch.zeros(C * L, device=device)  # (C*L,) per class and pixel, what is known
+        found, pair_entry, pair_class, pair_value, quiet_bound, unread = self._loud_reads(entries[todo])
+        mine = todo[found]  # (R',) the entries that read loud classes
+        known_sums = summed.index_fill(1, mine, 0.0)  # (k,R) the loud classes tell their figures instead
+        sums.index_add_(0, (classes * L + target).flatten(), known_sums.flatten())
+        pixel = target[mine][pair_entry]  # (N,) the pixel of each (entry, loud class) pair
+        contribution = pair_value * weight[mine][pair_entry]  # (N,)
+        # Bilinear weights may sum to an ulp over 1: a margin of 2^-20 keeps the quiet bound one.
+        margin = quiet_bound.mul_(1.0 + 2.0**-20)  # (R',)
+        above = pair_value > margin[pair_entry]  # (N,) in the entry's top-k list
+        quiet = margin * weight[mine]  # (R',) what a quiet class adds at most
+        slot = pair_class * L + pixel  # (N,) into (C*L,)
+        sums.index_add_(0, slot[above], contribution[above])
+        # What any class could reach: its known sum, plus at every entry that reads loud
+        # classes its value (or nothing, if that is less) where it is loud and not above, else
+        # the quiet bound.
+        reach = sums.view(C, L) + torch.zeros(L, device=device).index_add_(0, target[mine], quiet)  # (C,L)
+        reach.view(-1).index_add_(0, slot, torch.where(above, 0.0, contribution.clamp_min(0.0)) - quiet[pair_entry])
+        best, best_class = sums.view(C, L).max(0)  # (C*L,) -> (C,L)
+        reach.view(-1)[best_class * L + torch.arange(L, device=device)] = -math.inf
+        rival = reach.amax(0)  # (L,)
+        sure = best * _ROUNDING > rival
+        sure[target[todo[unread]]] = False
+        # The top's sum lacks its values at the entries that do not have it above the quiet bound.
+        tops = (pair_class == best_class[pixel]) & above  # (N,)
+        has_top = torch.zeros(len(mine), dtype=torch.bool, device=device)
+        has_top[pair_entry[tops]] = True
+        lacking = mine[_positions(~has_top & sure[target[mine]])]  # (F,)
+        return best_class, best, rival, sure, lacking
 
     def _summed_lists(
         self, target: Tensor, weight: Tensor, entries: Tensor, classes: Tensor, summed: Tensor, todo: Tensor, L: int
