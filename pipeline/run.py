@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -135,16 +135,16 @@ def prepare_store(
         raise UsageError(str(err)) from None
 
 
-def _worker_resources(options: RunOptions) -> tuple[int, dict[str, float], int | None]:
-    """(number of workers, Ray resources per worker, torch threads per worker)."""
-    import ray
-
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = float(resources.get("CPU", 1))
+def _worker_resources(options: RunOptions, cluster: Mapping[str, float]) -> tuple[int, dict[str, float], int | None]:
+    """(number of workers, Ray resources per worker, torch threads per worker) on a Ray
+    instance of `cluster` resources (`ray.cluster_resources()`). The workers leave a decode
+    task its CPUs, else no panorama would ever be decoded."""
+    gpus = int(cluster.get("GPU", 0))
+    cpus = float(cluster.get("CPU", 1))
     if gpus:
         workers = options.workers or gpus
-        return workers, {"num_gpus": 1, "num_cpus": 1}, options.threads_per_worker
+        per_worker = min(1.0, (cpus - _RESERVED_CPUS) / min(workers, gpus))
+        return workers, {"num_gpus": 1, "num_cpus": per_worker}, options.threads_per_worker
     workers = options.workers or 1
     per_worker = (cpus - _RESERVED_CPUS) / workers
     threads = options.threads_per_worker or max(1, int(os.cpu_count() or 1) // workers)
@@ -322,7 +322,7 @@ def _run_with_ray(
     import ray
 
     _start_ray(options.address)
-    workers, resources, threads = _worker_resources(options)
+    workers, resources, threads = _worker_resources(options, ray.cluster_resources())
     step = options.panoramas_per_call
     calls = iter([todo[i : i + step] for i in range(0, len(todo), step)])
     decode = ray.remote(num_cpus=_DECODE_CPUS)(decode_batch)

@@ -26,6 +26,8 @@ from tiny_models import save_tiny_depth_anything, save_tiny_mask2former
 from typer.testing import CliRunner
 
 from mtpano.cli import app
+from pipeline.config import RunOptions
+from pipeline.run import _DECODE_CPUS, _worker_resources
 from storage.labelstore import LabelStore
 from synthetic.dataset import write_dataset
 
@@ -303,7 +305,7 @@ from pipeline.run import _DECODE_CPUS, _start_ray, _worker_resources
 
 _start_ray(None)
 # As many labelling workers as CPUs: more Ray processes than CPUs, when Ray ends idle ones.
-workers, resources, _ = _worker_resources(RunOptions(workers=int(sys.argv[1])))
+workers, resources, _ = _worker_resources(RunOptions(workers=int(sys.argv[1])), ray.cluster_resources())
 
 
 @ray.remote
@@ -347,3 +349,18 @@ def test_decode_processes_live_through_a_run(tmp_path):
         assert len(pids[0]) == 1
         ends = sorted(end for _, end in found["calls"][0])
         assert all(b - a >= 0.19 for a, b in itertools.pairwise(ends))  # one after another
+
+
+@pytest.mark.parametrize(
+    ("cluster", "workers"),
+    [({"CPU": 2.0}, None), ({"CPU": 2.0}, 3), ({"CPU": 16.0, "GPU": 1.0}, None), ({"CPU": 8.0, "GPU": 8.0}, None),
+     ({"CPU": 4.0, "GPU": 2.0}, 4)],
+)  # fmt: skip
+def test_workers_leave_a_decode_task_its_cpus(cluster, workers):
+    """Whatever the machine, the labelling workers that run at once leave a decode task room."""
+    count, resources, _ = _worker_resources(RunOptions(workers=workers), cluster)
+    at_once = min(count, int(cluster.get("GPU", 0)) or count)  # a worker takes a whole GPU
+    assert resources["num_cpus"] > 0
+    assert at_once * resources["num_cpus"] + _DECODE_CPUS <= cluster["CPU"] + 1e-9
+    if cluster == {"CPU": 16.0, "GPU": 1.0}:
+        assert resources == {"num_gpus": 1, "num_cpus": 1.0}  # a GPU worker's CPU, where there are enough
