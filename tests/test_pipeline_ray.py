@@ -1,7 +1,8 @@
 """`mtpano labels` as users run it: the installed command, a real local Ray, real stores.
 
-Each test starts the command in a subprocess (its own Ray instance) and checks what a user
-sees: exit codes, messages, and the store left on disk.
+Each command test starts the command in a subprocess (its own Ray instance) and checks what a
+user sees: exit codes, messages, and the store left on disk. The last ones check how a run
+shares a machine's CPUs between its labelling workers and its decode tasks.
 """
 
 from __future__ import annotations
