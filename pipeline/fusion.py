@@ -1286,9 +1286,10 @@ class PanoramaFusion:
         sums = torch.zeros(C * L, device=device)  # (C*L,) per class and pixel, what is known
         found, pair_entry, pair_class, pair_value, quiet_bound, unread = self._loud_reads(entries[todo])
         mine = todo[found]  # (R',) the entries that read loud classes
+        mine_pixels = target[mine]  # (R',) their pixels
         known_sums = summed.index_fill(1, mine, 0.0)  # (k,R) the loud classes tell their figures instead
         sums.index_add_(0, (classes * L + target).flatten(), known_sums.flatten())
-        pixel = target[mine][pair_entry]  # (N,) the pixel of each (entry, loud class) pair
+        pixel = mine_pixels[pair_entry]  # (N,) the pixel of each (entry, loud class) pair
         contribution = pair_value * weight[mine][pair_entry]  # (N,)
         # Bilinear weights may sum to an ulp over 1: a margin of 2^-20 keeps the quiet bound one.
         margin = quiet_bound.mul_(1.0 + 2.0**-20)  # (R',)
@@ -1299,7 +1300,7 @@ class PanoramaFusion:
         # What any class could reach: its known sum, plus at every entry that reads loud
         # classes its value (or nothing, if that is less) where it is loud and not above, else
         # the quiet bound.
-        reach = sums.view(C, L) + torch.zeros(L, device=device).index_add_(0, target[mine], quiet)  # (C,L)
+        reach = sums.view(C, L) + torch.zeros(L, device=device).index_add_(0, mine_pixels, quiet)  # (C,L)
         reach.view(-1).index_add_(0, slot, torch.where(above, 0.0, contribution.clamp_min(0.0)) - quiet[pair_entry])
         best, best_class = sums.view(C, L).max(0)  # (C*L,) -> (C,L)
         reach.view(-1)[best_class * L + torch.arange(L, device=device)] = -math.inf
@@ -1310,7 +1311,7 @@ class PanoramaFusion:
         tops = (pair_class == best_class[pixel]) & above  # (N,)
         has_top = torch.zeros(len(mine), dtype=torch.bool, device=device)
         has_top[pair_entry[tops]] = True
-        lacking = mine[_positions(~has_top & sure[target[mine]])]  # (F,)
+        lacking = mine[_positions(~has_top & sure[mine_pixels])]  # (F,)
         return best_class, best, rival, sure, lacking
 
     def _summed_lists(
